@@ -1,0 +1,93 @@
+"""``diger`` command line: ``run`` (mirrors RecBole's run_recbole.py), ``evaluate``, ``data``, ``plot``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+
+def _run(args, extra: List[str]) -> int:
+    from .config import parse_overrides
+    from .quick_start import run
+
+    overrides = parse_overrides(extra)
+    if args.data_path:
+        overrides.setdefault("data_path", args.data_path)
+    result = run(args.model, args.dataset, args.config_files, overrides)
+    print(json.dumps({"best_valid_result": result["best_valid_result"], "test_result": result["test_result"],
+                      "wall_clock_seconds": result["wall_clock_seconds"]}, indent=2))
+    return 0
+
+
+def _evaluate(args, extra: List[str]) -> int:
+    from .config import parse_overrides
+    from .quick_start import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, parse_overrides(extra))
+    print(json.dumps(result, indent=2))
+    if args.output:
+        with open(args.output, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diger", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=False)
+    r = sub.add_parser("run", help="train and evaluate a model (DIGER, TIGER or any RecBole model)",
+                       description="Extra --key=value arguments override config keys (RecBole precedence).")
+    r.add_argument("--model", "-m", default="DIGER", help="DIGER | TIGER | a RecBole model name (SASRec, GRU4Rec, Pop, ...)")
+    r.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k, shipped with RecBole)")
+    r.add_argument("--config_files", "--config-files", nargs="*", default=None, help="YAML config files, later ones win")
+    r.add_argument("--data_path", "--data-path", default=None, help="folder holding <dataset>/<dataset>.inter")
+    e = sub.add_parser("evaluate", help="reload a checkpoint and evaluate its test split")
+    e.add_argument("--checkpoint", required=True, help="a .pth written by `diger run`")
+    e.add_argument("--output", default=None, help="also write the result to this JSON file")
+    try:
+        from .data import cli as data_cli
+
+        d = sub.add_parser("data", help="prepare datasets from public raw files")
+        data_cli.add_arguments(d)
+    except ImportError:
+        pass
+    pl = sub.add_parser("plot", help="draw codebook-usage figures of a run directory")
+    pl.add_argument("run_dir")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["run"]
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if args.command in (None, "run"):
+            if args.command is None:
+                args = parser.parse_args(["run"])
+            return _run(args, extra)
+        if extra:
+            parser.error(f"unrecognised arguments: {' '.join(extra)}")
+        if args.command == "evaluate":
+            return _evaluate(args, [])
+        if args.command == "data":
+            from .data import cli as data_cli
+
+            return data_cli.run(args)
+        if args.command == "plot":
+            from .plot import plot_run
+
+            for f in plot_run(args.run_dir):
+                print(f)
+            return 0
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"diger: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""DIGER: semantic IDs trained jointly with the recommender through Gumbel straight-through
+assignment with uncertainty decay (Fu et al., SIGIR 2026; DIGER-method.md §6-§9).
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from ..decay import ASSIGN_MODES, build_decay
+from .tiger import SemanticIDRecommender, _cfg
+
+GRADIENT_PATHS = ("true_e2e", "historical")
+
+
+class DIGER(SemanticIDRecommender):
+    """DIGER as a RecBole ``SequentialRecommender``.
+
+    Every step tokenises the batch's items with the (frozen-encoder) RQ-VAE in ``assign_mode``
+    (``frqud`` by default: Gumbel noise on over-used codes), and:
+
+    * ``gradient_path: true_e2e`` (default; the authors' fix, §8): the recommender sees
+      ``A = onehot(c_cached) - sg(P) + P`` for history inputs, decoder inputs and soft targets,
+      so the recommendation loss reaches every codebook level through the soft assignment ``P``.
+    * ``gradient_path: historical`` (paper parity): the recommender sees the cached integer SIDs;
+      codebooks learn only from the reconstruction and VQ losses of the target items; SDUD's
+      ``L_UD`` replaces the recommendation loss.
+
+    Semantic IDs the recommender sees are refreshed after every epoch by the trainer
+    (:meth:`refresh_semantic_ids`). ``calculate_loss`` returns ``(rec, recon, vq)``.
+
+    Raises:
+        ValueError: for an unknown ``gradient_path`` or ``assign_mode``, or ``gumbel_tau <= 0``.
+    """
+
+    config_chain = ("TIGER", "DIGER")
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.gradient_path = str(_cfg(config, "gradient_path", "true_e2e"))
+        if self.gradient_path not in GRADIENT_PATHS:
+            raise ValueError(f"gradient_path must be one of {list(GRADIENT_PATHS)}, got {self.gradient_path!r}")
+        self.assign_mode = str(_cfg(config, "assign_mode", "frqud"))
+        if self.assign_mode not in ASSIGN_MODES:
+            raise ValueError(f"assign_mode must be one of {list(ASSIGN_MODES)}, got {self.assign_mode!r}")
+        self.tau = float(_cfg(config, "gumbel_tau", 2.0))
+        if not self.tau > 0:
+            raise ValueError(f"gumbel_tau must be > 0, got {self.tau}")
+        self.use_cached_forward = bool(_cfg(config, "use_cached_sinkhorn_forward", True))
+        self.w_recon = float(_cfg(config, "w_recon", 1.0))
+        self.w_vq = float(_cfg(config, "w_vq", 1.0))
+        self.decay = build_decay(self.assign_mode, self.code_levels, self.code_num, config)
+        # Only the codebooks (and sigma) learn on the tokenizer side (§9 stage 1).
+        self.tokenizer.encoder.requires_grad_(False)
+        self.tokenizer.decoder.requires_grad_(False)
+        self._last_metrics: Dict[str, float] = {}
+        self._detach_uses: set = set()
+
+    # ----- optimisation -----------------------------------------------------------------------
+    def param_groups(self, config) -> List[Dict]:
+        """AdamW groups: recommender (``learning_rate``), codebooks (``lr_id``), sigma (``lr_sigma``)."""
+        wd = float(_cfg(config, "weight_decay", 0.0))
+        groups = [
+            {"params": [p for p in self.genrec.parameters() if p.requires_grad], "lr": float(config["learning_rate"]),
+             "weight_decay": wd, "name": "recommender"},
+            {"params": [p for p in self.tokenizer.quantizers.parameters() if p.requires_grad],
+             "lr": float(_cfg(config, "lr_id", 1e-5)), "weight_decay": wd, "name": "codebooks"},
+        ]
+        sig = [p for p in self.decay.parameters() if p.requires_grad]
+        if sig:
+            groups.append({"params": sig, "lr": float(_cfg(config, "lr_sigma", 1e-3)), "weight_decay": wd, "name": "sigma"})
+        return groups
+
+    def on_step_end(self) -> None:
+        self.decay.step()
+
+    def step_metrics(self) -> Dict[str, float]:
+        return {**self.decay.metrics(), **self._last_metrics}
+
+    # ----- loss -------------------------------------------------------------------------------
+    def _tokenize(self, items: torch.Tensor):
+        return self.tokenizer(self.item_emb[items], mode=self.assign_mode, tau=self.tau, decay=self.decay)
+
+    def calculate_loss(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        target = interaction[self.POS_ITEM_ID]
+        if self.gradient_path == "historical":
+            return self._historical_loss(interaction, target)
+        b, h = item_seq.shape
+        ids = torch.cat([item_seq.reshape(-1), target])
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        inv_h, inv_t = inv[: b * h].view(b, h), inv[b * h:]
+        z, levels, z_hat = self._tokenize(uniq)
+        big_l = self.code_levels
+        if self.use_cached_forward:
+            cached = self.sid_table[uniq, :big_l].clamp_min(0)
+            p = torch.stack([lv.p_soft for lv in levels], 1)  # [U, L, K]
+            a = F.one_hot(cached, self.code_num).to(p.dtype) - p.detach() + p
+        else:
+            a = torch.stack([lv.y_st for lv in levels], 1)
+        tok = self._item_tokens(a, uniq)
+        # Tests detach single uses ("history", "decoder", "target") to check gradient reachability (§14.2).
+        detach = self._detach_uses
+        tok_det = self._item_tokens(a.detach(), uniq) if detach else tok
+        hist_mask = item_seq > 0
+        hist_src = tok_det if "history" in detach else tok
+        hist_tok = torch.where(hist_mask[..., None, None], hist_src[inv_h], self.genrec.pad.to(tok.dtype))
+        enc_emb, enc_mask = self.genrec.encoder_inputs(hist_tok, hist_mask)
+        dec = self.genrec.decoder_inputs((tok_det if "decoder" in detach else tok)[inv_t])
+        logits = self.genrec(enc_emb, enc_mask, dec)
+        a_t = (a.detach() if "target" in detach else a)[inv_t]
+        sem = torch.stack([-(a_t[:, l] * F.log_softmax(logits[l].float(), -1)).sum(-1).mean() for l in range(big_l)]).sum()
+        suf = F.cross_entropy(logits[big_l], self.sid_table[target, big_l])
+        rec = (sem + suf) / (big_l + 1)
+        self.decay.loss(rec)  # logs target sigma; true_e2e never rescales the recommendation loss
+        zt, zht = z[inv_t], z_hat[inv_t]
+        recon = F.mse_loss(zht, zt)
+        vq = torch.stack([lv.vq_loss[inv_t].mean() for lv in levels]).mean()
+        return rec, self.w_recon * recon, self.w_vq * vq
+
+    def _item_tokens(self, a: torch.Tensor, uniq: torch.Tensor) -> torch.Tensor:
+        """``[U, C, d]`` token embeddings: level ``l`` is the mixture ``A[:, l] @ E_l``, the suffix is hard."""
+        emb = self.genrec.code_emb
+        mix = torch.stack([a[:, l] @ emb[l].weight for l in range(self.code_levels)], 1)
+        suffix = emb[self.code_levels](self.sid_table[uniq, self.code_levels].clamp_min(0)).unsqueeze(1)
+        return torch.cat([mix, suffix], 1)
+
+    def _historical_loss(self, interaction, target):
+        rec = super().calculate_loss(interaction)
+        z, levels, z_hat = self._tokenize(target)
+        recon = F.mse_loss(z_hat, z)
+        vq = torch.stack([lv.vq_loss.mean() for lv in levels]).mean()
+        ud = self.decay.loss(rec)
+        return (ud if ud is not None else rec), self.w_recon * recon, self.w_vq * vq

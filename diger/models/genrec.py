@@ -1,0 +1,156 @@
+"""T5 encoder-decoder over semantic-ID tokens, shared by TIGER and DIGER (DIGER-method.md §5, §13.3).
+
+Tokens enter as embeddings: one table per code position (``C = L + 1`` positions, the last being
+the collision suffix), so the history ``[B, H]`` items become ``[B, H*C]`` token embeddings
+(item-major), and the decoder predicts the ``C`` codes of the next item with logits tied to the
+per-position tables.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import T5Config, T5Model
+
+from .trie import SIDTrie
+
+
+class GenRec(nn.Module):
+    """T5 generative recommender over semantic IDs.
+
+    Args:
+        vocab_sizes: codes per position ``[K_1, ..., K_L, suffix_size]``.
+        d_model, d_ff, num_heads, d_kv, num_layers, num_decoder_layers, dropout: T5 sizes.
+
+    Shapes: history codes ``[B, H, C]`` (``-1`` = padding) -> encoder ``[B, H*C, d_model]``;
+    decoder input ``[B, C, d_model]`` (``[BOS, c_1..c_{C-1}]``) -> logits, one ``[B, K_j]`` per position.
+    """
+
+    def __init__(self, vocab_sizes: Sequence[int], *, d_model: int = 128, d_ff: int = 512, num_heads: int = 4,
+                 d_kv: int = 32, num_layers: int = 2, num_decoder_layers: int = 2, dropout: float = 0.1,
+                 max_positions: int = 512) -> None:
+        super().__init__()
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.num_positions = len(self.vocab_sizes)
+        cfg = T5Config(vocab_size=1, d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
+                       num_layers=num_layers, num_decoder_layers=num_decoder_layers, dropout_rate=dropout,
+                       feed_forward_proj="relu", n_positions=max_positions, decoder_start_token_id=0,
+                       pad_token_id=0, is_encoder_decoder=True, use_cache=False)
+        self.t5 = T5Model(cfg)
+        self.d_model = d_model
+        self.code_emb = nn.ModuleList([nn.Embedding(k, d_model) for k in self.vocab_sizes])
+        self.bos = nn.Parameter(torch.zeros(d_model))
+        self.pad = nn.Parameter(torch.zeros(d_model))
+        for e in self.code_emb:
+            nn.init.normal_(e.weight, 0.0, 0.02)
+        nn.init.normal_(self.bos, 0.0, 0.02)
+        nn.init.normal_(self.pad, 0.0, 0.02)
+
+    # ----- embeddings -------------------------------------------------------------------------
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[..., C]`` codes (``-1`` = pad) -> ``[..., C, d]`` embeddings."""
+        out = torch.stack([self.code_emb[j](codes[..., j].clamp_min(0)) for j in range(codes.shape[-1])], dim=-2)
+        pad = (codes < 0).unsqueeze(-1)
+        return torch.where(pad, self.pad.to(out.dtype), out)
+
+    def encoder_inputs(self, token_emb: torch.Tensor, item_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Flatten ``[B, H, C, d]`` per-item token embeddings to ``([B, H*C, d], mask [B, H*C])``."""
+        b, h, c, d = token_emb.shape
+        mask = item_mask.unsqueeze(-1).expand(b, h, c).reshape(b, h * c)
+        return token_emb.reshape(b, h * c, d), mask
+
+    def decoder_inputs(self, target_emb: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: ``[B, C, d]`` target-code embeddings -> ``[BOS, e_1, ..., e_{C-1}]``."""
+        bos = self.bos.to(target_emb.dtype).expand(target_emb.shape[0], 1, -1)
+        return torch.cat([bos, target_emb[:, :-1]], dim=1)
+
+    # ----- forward ----------------------------------------------------------------------------
+    def encode(self, enc_emb: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
+        return self.t5.encoder(inputs_embeds=enc_emb, attention_mask=enc_mask.long()).last_hidden_state
+
+    def decode(self, dec_emb: torch.Tensor, enc: torch.Tensor, enc_mask: torch.Tensor, cache=None):
+        out = self.t5.decoder(inputs_embeds=dec_emb, encoder_hidden_states=enc,
+                              encoder_attention_mask=enc_mask.long(), cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state, out.cache
+
+    def position_logits(self, hidden: torch.Tensor, j: int) -> torch.Tensor:
+        """Logits ``[..., K_j]`` of code position ``j`` from decoder states ``[..., d]`` (tied to table ``j``)."""
+        return hidden @ self.code_emb[j].weight.t()
+
+    def forward(self, enc_emb, enc_mask, dec_emb) -> List[torch.Tensor]:
+        """Teacher-forced logits: a list of ``C`` tensors ``[B, K_j]``."""
+        enc = self.encode(enc_emb, enc_mask)
+        hid, _ = self.decode(dec_emb, enc, enc_mask)
+        return [self.position_logits(hid[:, j], j) for j in range(self.num_positions)]
+
+    # ----- beam search ------------------------------------------------------------------------
+    @torch.no_grad()
+    def beam_search(self, enc_emb: torch.Tensor, enc_mask: torch.Tensor, trie: SIDTrie, num_beams: int,
+                    constrained: bool = True, use_cache: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Beam search over the ``C`` code positions, accumulating log-probabilities.
+
+        With ``constrained`` the beams are restricted to prefixes present in ``trie`` (so every
+        final beam is a distinct, valid item); otherwise decoding is free and beams that are not
+        items map to ``-1`` (DIGER parity, §3).
+
+        Returns:
+            ``(items [B, num_beams] long, scores [B, num_beams])`` in descending score order; invalid
+            or missing beams have item ``-1`` and score ``-inf``.
+        """
+        b = enc_emb.shape[0]
+        enc0 = self.encode(enc_emb, enc_mask)
+        mask0 = enc_mask
+        cache = None
+        if use_cache:
+            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+            cfg = self.t5.decoder.config
+            cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
+        dec_in = self.bos.expand(b, 1, -1)
+        hid, cache = self.decode(dec_in, enc0, mask0, cache)
+        logp = F.log_softmax(self.position_logits(hid[:, -1], 0).float(), dim=-1)  # [B, K0]
+        node = torch.zeros(b, 1, dtype=torch.long, device=logp.device)
+        scores = torch.zeros(b, 1, device=logp.device)
+        seqs = torch.zeros(b, 1, 0, dtype=torch.long, device=logp.device)
+        nb_prev = 1
+        for j in range(self.num_positions):
+            k = self.vocab_sizes[j]
+            total = scores.unsqueeze(-1) + logp.view(b, nb_prev, k)
+            if constrained:
+                child = trie.children[j][node.clamp_min(0)]  # [B, nb_prev, K]
+                total = total.masked_fill((child < 0) | (node < 0).unsqueeze(-1), float("-inf"))
+            width = min(num_beams, nb_prev * k)
+            scores, flat = total.view(b, -1).topk(width, dim=-1)
+            origin, code = flat // k, flat % k
+            seqs = torch.cat([seqs.gather(1, origin.unsqueeze(-1).expand(-1, -1, seqs.shape[-1])), code.unsqueeze(-1)], -1)
+            if constrained:
+                node = child.gather(1, origin.unsqueeze(-1).expand(-1, -1, k)).gather(2, code.unsqueeze(-1)).squeeze(-1)
+                node = torch.where(torch.isfinite(scores), node, torch.full_like(node, -1))
+            if j == self.num_positions - 1:
+                break
+            # Next decoder step for every surviving beam (beam width may grow while K_j is small).
+            beam_rows = (torch.arange(b, device=flat.device).unsqueeze(1) * nb_prev + origin).reshape(-1)
+            users = torch.arange(b, device=flat.device).repeat_interleave(width)
+            enc_b, mask_b = enc0[users], mask0[users]
+            if cache is not None:
+                cache.reorder_cache(beam_rows)
+                step_emb = self.code_emb[j](code.reshape(-1)).unsqueeze(1)
+                hid, cache = self.decode(step_emb, enc_b, mask_b, cache)
+            else:
+                flat_seqs = seqs.reshape(b * width, -1)
+                emb = torch.stack([self.code_emb[i](flat_seqs[:, i]) for i in range(j + 1)], 1)
+                dec_in = torch.cat([self.bos.expand(b * width, 1, -1), emb], 1)
+                hid, _ = self.decode(dec_in, enc_b, mask_b)
+            logp = F.log_softmax(self.position_logits(hid[:, -1], j + 1).float(), dim=-1)
+            nb_prev = width
+        items = node if constrained else trie.lookup(seqs)
+        valid = (items > 0) & torch.isfinite(scores)
+        items = torch.where(valid, items, torch.full_like(items, -1))
+        scores = torch.where(valid, scores, torch.full_like(scores, float("-inf")))
+        if scores.shape[1] < num_beams:
+            pad = num_beams - scores.shape[1]
+            items = F.pad(items, (0, pad), value=-1)
+            scores = F.pad(scores, (0, pad), value=float("-inf"))
+        return items, scores

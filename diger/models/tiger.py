@@ -1,0 +1,203 @@
+"""TIGER: a T5 generative recommender over fixed semantic IDs, as a RecBole ``SequentialRecommender``.
+
+Pipeline inside ``__init__`` (DIGER-method.md §9 stage 0; §12 TIGER): item text embeddings
+(:mod:`diger.text`) -> RQ-VAE pre-training with FAISS k-means init (:mod:`diger.tokenizer`) ->
+SID table with collision suffix. TIGER keeps the tokenizer frozen; :class:`diger.models.DIGER`
+trains its codebooks jointly. The SID table, the item embeddings and the tokenizer are buffers and
+parameters of the model, so a checkpoint's ``state_dict`` carries the exact table it was evaluated
+with, and nothing is recomputed at load time.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import compat  # noqa: F401  (RecBole shims before RecBole imports)
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from ..text import item_text_embeddings
+from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats, pretrain_tokenizer
+from .genrec import GenRec
+from .trie import SIDTrie
+
+logger = logging.getLogger(__name__)
+
+
+def _cfg(config, key, default):
+    v = config[key] if key in config else None
+    return default if v is None else v
+
+
+class SemanticIDRecommender(SequentialRecommender):
+    """Shared base of TIGER and DIGER: tokenizer, SID table, T5 backbone, constrained beam search.
+
+    Config keys (defaults in ``diger/properties/model/<Model>.yaml``): ``text_fields``,
+    ``text_model``, ``encoder_layers``, ``e_dim``, ``code_levels``, ``code_num``, ``suffix_size``,
+    ``vq_beta``, ``rqvae_*`` (pre-training), ``kmeans_init``, ``sk_epsilon``, ``sk_iters``, T5 sizes
+    (``t5_layers``, ``t5_decoder_layers``, ``d_model``, ``d_ff``, ``num_heads``, ``d_kv``,
+    ``dropout``), ``num_beams``, ``constrained_decoding``, ``topk``.
+
+    Raises:
+        ValueError: ``num_beams < max(topk)``, ``code_num < 2`` or a bad ``code_levels``.
+    """
+
+    type = SequentialRecommender.type
+    input_type = InputType.POINTWISE
+    #: YAML defaults loaded in order from ``diger/properties/model/<name>.yaml`` and
+    #: ``diger/properties/dataset/<dataset>-<name>.yaml`` (see :class:`diger.config.DigerConfig`).
+    config_chain = ("TIGER",)
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.config = config
+        self.code_levels = int(_cfg(config, "code_levels", 3))
+        self.code_num = int(_cfg(config, "code_num", 256))
+        self.suffix_size = int(_cfg(config, "suffix_size", self.code_num))
+        self.num_beams = int(_cfg(config, "num_beams", 20))
+        self.constrained = bool(_cfg(config, "constrained_decoding", True))
+        self.beam_cache = bool(_cfg(config, "beam_search_cache", True))
+        topk = _cfg(config, "topk", [10])
+        topk = [topk] if isinstance(topk, int) else list(topk)
+        if self.code_num < 2:
+            raise ValueError(f"code_num (codebook size) must be >= 2, got {self.code_num}")
+        if self.code_levels < 1:
+            raise ValueError(f"code_levels must be >= 1, got {self.code_levels}")
+        if self.suffix_size < 1:
+            raise ValueError(f"suffix_size must be >= 1, got {self.suffix_size}")
+        if self.num_beams < max(topk):
+            raise ValueError(f"num_beams ({self.num_beams}) must be >= max(topk) ({max(topk)})")
+        self.num_codes = [self.code_num] * self.code_levels
+        self.vocab_sizes = self.num_codes + [self.suffix_size]
+
+        self._trie: Optional[SIDTrie] = None
+        self._trie_version = -1
+        self._table_version = 0
+        restoring = bool(_cfg(config, "restore_from_checkpoint", False))
+        if restoring:
+            dim = int(_cfg(config, "item_emb_dim", 0))
+            if dim <= 0:
+                raise ValueError("restore_from_checkpoint needs `item_emb_dim` in the saved config")
+            emb = torch.zeros(self.n_items, dim)
+        else:
+            emb = torch.from_numpy(item_text_embeddings(config, dataset))
+            config["item_emb_dim"] = int(emb.shape[1])
+        self.register_buffer("item_emb", emb.float())
+        self.tokenizer = RQTokenizer(emb.shape[1], list(_cfg(config, "encoder_layers", [256, 128])),
+                                     int(_cfg(config, "e_dim", 64)), self.num_codes, float(_cfg(config, "vq_beta", 0.25)))
+        self.register_buffer("sid_table", torch.full((self.n_items, self.code_levels + 1), -1, dtype=torch.long))
+        self.pretrain_info: Dict = {}
+        if not restoring:
+            self._init_tokenizer(config)
+        self.genrec = GenRec(
+            self.vocab_sizes,
+            d_model=int(_cfg(config, "d_model", 128)), d_ff=int(_cfg(config, "d_ff", 512)),
+            num_heads=int(_cfg(config, "num_heads", 4)), d_kv=int(_cfg(config, "d_kv", 32)),
+            num_layers=int(_cfg(config, "t5_layers", 2)),
+            num_decoder_layers=int(_cfg(config, "t5_decoder_layers", _cfg(config, "t5_layers", 2))),
+            dropout=float(_cfg(config, "dropout", 0.1)),
+        )
+
+    # ----- tokenizer and SID table ------------------------------------------------------------
+    def _init_tokenizer(self, config) -> None:
+        x = self.item_emb[1:]
+        path = _cfg(config, "rqvae_path", None)
+        if path:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.tokenizer.load_state_dict(state.get("tokenizer", state))
+            self.pretrain_info = {"loaded_from": str(path)}
+        else:
+            self.pretrain_info = pretrain_tokenizer(
+                self.tokenizer, x,
+                epochs=int(_cfg(config, "rqvae_epochs", 500)), lr=float(_cfg(config, "rqvae_lr", 1e-3)),
+                weight_decay=float(_cfg(config, "rqvae_weight_decay", 1e-4)),
+                batch_size=int(_cfg(config, "rqvae_batch_size", 1024)),
+                eval_every=int(_cfg(config, "rqvae_eval_every", 50)),
+                kmeans=str(_cfg(config, "kmeans_init", "faiss")), kmeans_iters=int(_cfg(config, "kmeans_iters", 20)),
+                seed=int(_cfg(config, "seed", 2020)), sinkhorn=bool(_cfg(config, "sid_sinkhorn", True)),
+                sk_epsilon=float(_cfg(config, "sk_epsilon", 0.003)), sk_iters=int(_cfg(config, "sk_iters", 50)),
+                show_progress=bool(_cfg(config, "show_progress", False)),
+            )
+        self.refresh_semantic_ids()
+
+    @torch.no_grad()
+    def compute_semantic_ids(self) -> torch.Tensor:
+        """``[n_items, L+1]`` SID table from the current tokenizer (Sinkhorn per level, collision suffix)."""
+        prefix = self.tokenizer.get_codes(
+            self.item_emb[1:], sinkhorn=bool(_cfg(self.config, "sid_sinkhorn", True)),
+            sk_epsilon=float(_cfg(self.config, "sk_epsilon", 0.003)), sk_iters=int(_cfg(self.config, "sk_iters", 50)))
+        return build_sid_table(prefix, self.suffix_size)
+
+    @torch.no_grad()
+    def refresh_semantic_ids(self) -> Dict:
+        """Recompute and store the SID table; return codebook statistics (incl. changed share)."""
+        previous = self.sid_table[1:].clone() if (self.sid_table[1:] >= 0).all() else None
+        table = self.compute_semantic_ids().to(self.sid_table.device)
+        self.sid_table.copy_(table)
+        self._table_version += 1
+        return codebook_stats(table[1:].cpu(), self.num_codes, previous.cpu() if previous is not None else None)
+
+    def codebook_statistics(self) -> Dict:
+        return codebook_stats(self.sid_table[1:].cpu(), self.num_codes)
+
+    @property
+    def trie(self) -> SIDTrie:
+        if self._trie is None or self._trie_version != self._table_version:
+            self._trie = SIDTrie(self.sid_table, self.vocab_sizes).to(self.sid_table.device)
+            self._trie_version = self._table_version
+        return self._trie
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._table_version += 1  # the SID table may have changed: rebuild the trie
+        return out
+
+    # ----- recommender ------------------------------------------------------------------------
+    def history_codes(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """``[B, H]`` item ids -> ``[B, H, C]`` codes (``-1`` for padding)."""
+        return self.sid_table[item_seq]
+
+    def encoder_embeddings(self, item_seq: torch.Tensor):
+        emb = self.genrec.embed_codes(self.history_codes(item_seq))
+        return self.genrec.encoder_inputs(emb, item_seq > 0)
+
+    def calculate_loss(self, interaction):
+        """Mean cross-entropy over the ``C`` code positions of the target item (teacher forcing)."""
+        item_seq = interaction[self.ITEM_SEQ]
+        target = self.sid_table[interaction[self.POS_ITEM_ID]]
+        enc_emb, enc_mask = self.encoder_embeddings(item_seq)
+        dec = self.genrec.decoder_inputs(self.genrec.embed_codes(target))
+        logits = self.genrec(enc_emb, enc_mask, dec)
+        return torch.stack([F.cross_entropy(lg, target[:, j]) for j, lg in enumerate(logits)]).mean()
+
+    def predict(self, interaction):
+        raise NotImplementedError("TIGER/DIGER score items by beam search; use full-ranking evaluation (mode: full)")
+
+    @torch.no_grad()
+    def beam_search(self, interaction):
+        """``(items [B, num_beams], scores [B, num_beams])`` for the batch's histories."""
+        enc_emb, enc_mask = self.encoder_embeddings(interaction[self.ITEM_SEQ])
+        return self.genrec.beam_search(enc_emb, enc_mask, self.trie, self.num_beams,
+                                       constrained=self.constrained, use_cache=self.beam_cache)
+
+    @torch.no_grad()
+    def full_sort_predict(self, interaction):
+        """Dense ``[B, n_items]`` scores: beam log-probabilities at the generated items, ``-inf`` elsewhere."""
+        items, scores = self.beam_search(interaction)
+        out = torch.full((items.shape[0], self.n_items), float("-inf"), device=scores.device)
+        valid = items > 0
+        rows = torch.arange(items.shape[0], device=items.device).unsqueeze(1).expand_as(items)
+        out[rows[valid], items[valid]] = scores[valid]
+        return out
+
+
+class TIGER(SemanticIDRecommender):
+    """TIGER (Rajput et al., NeurIPS 2023): semantic IDs fixed after RQ-VAE pre-training (DIGER-method.md §12)."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.tokenizer.requires_grad_(False)

@@ -1,0 +1,208 @@
+"""``run()`` and ``evaluate_checkpoint()``: RecBole's lower-level pipeline for our models and RecBole's own
+(ECOSYSTEM.md §1.8): Config -> seed/logger -> dataset -> dataloaders -> model -> trainer.fit -> evaluate.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from . import compat
+from .config import ConfigError, DigerConfig
+from .models import MODELS
+from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, init_logger, init_seed
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownModelError(ValueError):
+    """The model name is neither one of ours nor one of RecBole's."""
+
+
+def resolve_model(model: Union[str, type]) -> type:
+    """A model class from a name (ours first: TIGER, DIGER; then RecBole's) or a class.
+
+    Raises:
+        UnknownModelError: naming the model and listing ours.
+    """
+    if isinstance(model, type):
+        return model
+    if model in MODELS:
+        return MODELS[model]
+    try:
+        return get_model(model)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise UnknownModelError(
+            f"unknown model {model!r}: not one of ours ({', '.join(MODELS)}) nor a RecBole model (e.g. SASRec, GRU4Rec, Pop)"
+        ) from exc
+
+
+def trainer_class(model_class: type) -> type:
+    """Our trainer for semantic-ID models, RecBole's trainer with safe checkpoints for the rest."""
+    if model_class in MODELS.values():
+        return GenRecTrainer
+    from recbole.utils import get_trainer
+
+    from recbole.trainer import Trainer
+
+    base = get_trainer(model_class.type, model_class.__name__)
+    if base is Trainer:
+        return SafeCheckpointTrainer
+    if issubclass(base, Trainer):
+        # A RecBole model with a trainer of its own: keep it, with our checkpoint writer in front.
+        return type(f"Safe{base.__name__}", (SafeCheckpointTrainer, base), {})
+    return base
+
+
+def _check_data(config) -> None:
+    path = Path(config["data_path"])
+    inter = path / f"{config['dataset']}.inter"
+    bench = config["benchmark_filename"]
+    if bench:
+        missing = [str(path / f"{config['dataset']}.{b}.inter") for b in bench if not (path / f"{config['dataset']}.{b}.inter").is_file()]
+        if missing:
+            raise FileNotFoundError(f"dataset {config['dataset']!r}: missing {', '.join(missing)}")
+    elif not inter.is_file():
+        raise FileNotFoundError(
+            f"dataset {config['dataset']!r} not found: expected the atomic file {inter} "
+            f"(set --data_path to the folder holding {config['dataset']}/, or prepare it with `diger data prepare`)"
+        )
+
+
+def make_config(model: Union[str, type] = "DIGER", dataset: str = "ml-100k",
+                config_file_list: Optional[List[str]] = None, config_dict: Optional[Dict] = None) -> DigerConfig:
+    """Build the RecBole config (see :mod:`diger.config` for the precedence) and check the data exists."""
+    model_class = resolve_model(model)
+    config = DigerConfig(model=model_class, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    _check_data(config)
+    return config
+
+
+def _write_json(path: Path, obj: Dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def _output_dir(config) -> Path:
+    out = config["output_dir"] if "output_dir" in config else None
+    if not out:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = os.path.join("runs", f"{config['model']}-{config['dataset']}-{stamp}")
+    return Path(out)
+
+
+def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
+        config_dict: Optional[Dict] = None, saved: bool = True) -> Dict:
+    """Train and evaluate ``model`` on ``dataset``; write ``<output_dir>/result.json``; return it.
+
+    ``output_dir`` (config key) defaults to ``runs/<model>-<dataset>-<time>``; the checkpoint
+    (``checkpoint_dir``) goes there too unless set. The result holds ``best_valid_result``,
+    ``test_result`` (RecBole metric names), ``best_valid_score``, ``config``, ``wall_clock_seconds``,
+    ``checkpoint`` and, for semantic-ID models, ``codebook`` statistics per epoch.
+
+    Raises:
+        UnknownModelError, ConfigError, FileNotFoundError: for a bad model, config or dataset.
+    """
+    start = time.time()
+    config = make_config(model, dataset, config_file_list, config_dict)
+    out_dir = _output_dir(config)
+    if not (config_dict or {}).get("checkpoint_dir") and "checkpoint_dir" not in _file_keys(config_file_list):
+        config["checkpoint_dir"] = str(out_dir)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    log = logging.getLogger()
+    log.info(config)
+    ds = create_dataset(config)
+    log.info(ds)
+    train_data, valid_data, test_data = data_preparation(config, ds)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_class = resolve_model(model)
+    net = model_class(config, train_data._dataset).to(config["device"])
+    log.info(net)
+    trainer = trainer_class(model_class)(config, net)
+    show = bool(config["show_progress"])
+    best_score, best_valid = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": float(best_score),
+        "best_valid_result": compat.to_plain(dict(best_valid or {})),
+        "test_result": compat.to_plain(dict(test_result or {})),
+        "wall_clock_seconds": round(time.time() - start, 2),
+        "checkpoint": trainer.saved_model_file if saved else None,
+        "protocol": {
+            "split": "leave-one-out by timestamp (RecBole LS valid_and_test, order TO; ties keep file order)",
+            "ranking": "full",
+            "max_history": config["MAX_ITEM_LIST_LENGTH"],
+        },
+        "config": compat.config_to_plain(config),
+    }
+    if hasattr(net, "codebook_statistics"):
+        result["semantic_ids"] = {
+            "gradient_path": getattr(net, "gradient_path", "frozen (TIGER)"),
+            "assign_mode": getattr(net, "assign_mode", None),
+            "constrained_decoding": net.constrained,
+            "num_beams": net.num_beams,
+            "tokenizer_pretraining": compat.to_plain(net.pretrain_info),
+        }
+        result["codebook"] = {"final": net.codebook_statistics(), "history": trainer.codebook_history}
+    log.info("best valid: %s", result["best_valid_result"])
+    log.info("test result: %s", result["test_result"])
+    _write_json(out_dir / "result.json", result)
+    log.info("result written to %s", out_dir / "result.json")
+    return result
+
+
+def _file_keys(files) -> set:
+    import yaml
+
+    keys = set()
+    for f in files or []:
+        with open(f, encoding="utf-8") as fh:
+            keys |= set((yaml.safe_load(fh) or {}).keys())
+    return keys
+
+
+def evaluate_checkpoint(path: str, overrides: Optional[Dict] = None) -> Dict:
+    """Rebuild the run saved in checkpoint ``path`` and evaluate its test split (same seed, same split).
+
+    Nothing is recomputed from the text model or the tokenizer: the SID table, item embeddings and
+    weights come from the checkpoint. Returns ``{"test_result": ..., "checkpoint": path}``.
+
+    Raises:
+        CheckpointError: for a missing or unreadable checkpoint.
+    """
+    ckpt = load_checkpoint(path)
+    run_config = dict(ckpt.get("run_config") or {})
+    saved_cfg = ckpt.get("config") or {}
+    run_config.update({"restore_from_checkpoint": True, "item_emb_dim": saved_cfg.get("item_emb_dim"),
+                       "checkpoint_dir": os.path.dirname(os.path.abspath(path))})
+    if saved_cfg.get("data_path") and ckpt["dataset"] != "ml-100k":
+        run_config["data_path"] = os.path.dirname(saved_cfg["data_path"].rstrip("/"))
+    run_config.update(overrides or {})
+    config = make_config(ckpt["model"], ckpt["dataset"], None, run_config)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    ds = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, ds)
+    model_class = resolve_model(ckpt["model"])
+    net = model_class(config, train_data._dataset).to(config["device"])
+    trainer = trainer_class(model_class)(config, net)
+    test_result = trainer.evaluate(test_data, load_best_model=True, model_file=path,
+                                   show_progress=bool(config["show_progress"]))
+    return {"model": ckpt["model"], "dataset": ckpt["dataset"], "checkpoint": path,
+            "test_result": compat.to_plain(dict(test_result))}

@@ -1,0 +1,178 @@
+"""RecBole ``Trainer`` subclasses: safe checkpoints for every model, per-epoch semantic-ID refresh for DIGER.
+
+* :class:`SafeCheckpointTrainer` writes checkpoints holding only tensors and plain data (the
+  config as a JSON-able dict), atomically (temp file + rename), so RecBole's own
+  ``evaluate(load_best_model=True)`` and ``resume_checkpoint`` load them with
+  ``torch.load(weights_only=True)`` (ECOSYSTEM.md §2 fix 6). Used for baselines too.
+* :class:`GenRecTrainer` adds, for TIGER/DIGER: AdamW parameter groups (recommender / codebooks /
+  sigma), cosine LR with warm-up, per-group gradient clipping, the uncertainty-decay step, and
+  after every epoch the semantic-ID refresh and codebook statistics (DIGER-method.md §9, §11).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from time import time
+from typing import Dict, List, Optional
+
+import torch
+from torch.nn.utils import clip_grad_norm_
+from tqdm import tqdm
+
+from . import compat
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not one of ours."""
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location="cpu") -> Dict:
+    """Load one of our checkpoints with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: naming ``path`` when it is missing, truncated/corrupt or lacks a ``state_dict``.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, wrong format, pickled objects
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a diger checkpoint (no 'state_dict')")
+    return ckpt
+
+
+class SafeCheckpointTrainer(Trainer):
+    """RecBole's ``Trainer`` with plain-data, atomically written checkpoints."""
+
+    def _checkpoint_state(self, epoch: int) -> Dict:
+        return {
+            "config": compat.config_to_plain(self.config),
+            "run_config": compat.to_plain(getattr(self.config, "external_config_dict", {})),
+            "model": self.config["model"],
+            "dataset": self.config["dataset"],
+            "epoch": int(epoch),
+            "cur_step": int(self.cur_step),
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        atomic_torch_save(self._checkpoint_state(epoch), path)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {path}")
+
+    def resume_checkpoint(self, resume_file):
+        load_checkpoint(str(resume_file))  # clear error for a truncated file before RecBole's load
+        super().resume_checkpoint(resume_file)
+
+
+class GenRecTrainer(SafeCheckpointTrainer):
+    """Trainer for :class:`~diger.models.TIGER` and :class:`~diger.models.DIGER` (see module doc)."""
+
+    def __init__(self, config, model):
+        self.lr_scheduler = None
+        super().__init__(config, model)
+        self.codebook_history: List[Dict] = []
+        self.joint = hasattr(model, "param_groups")
+        if hasattr(model, "codebook_statistics") and bool((model.sid_table[1:] >= 0).all()):
+            self.codebook_history.append({"epoch": -1, **model.codebook_statistics()})
+
+    def _build_optimizer(self, **kwargs):
+        if not hasattr(self.model, "param_groups"):
+            return super()._build_optimizer(**kwargs)
+        groups = [g for g in self.model.param_groups(self.config) if g["params"]]
+        return torch.optim.AdamW(groups, lr=self.config["learning_rate"])
+
+    def _make_scheduler(self, steps_per_epoch: int) -> None:
+        kind = self.config["lr_scheduler"] if "lr_scheduler" in self.config else None
+        if not kind or kind == "none":
+            return
+        if kind != "cosine":
+            raise ValueError(f"lr_scheduler must be 'cosine' or 'none', got {kind!r}")
+        from transformers import get_cosine_schedule_with_warmup
+
+        total = max(1, steps_per_epoch * self.epochs)
+        warm = int(self.config["warmup_steps"] or 0)
+        self.lr_scheduler = get_cosine_schedule_with_warmup(self.optimizer, min(warm, total // 2), total)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.lr_scheduler is None:
+            self._make_scheduler(len(train_data))
+            for _ in range(self.start_epoch * len(train_data)):  # resumed run: same LR position
+                self.lr_scheduler and self.lr_scheduler.step()
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _clip(self) -> None:
+        if not self.clip_grad_norm:
+            return
+        for group in self.optimizer.param_groups:
+            clip_grad_norm_(group["params"], **self.clip_grad_norm)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.model.train()
+        loss_func = loss_func or self.model.calculate_loss
+        total_loss = None
+        iter_data = tqdm(train_data, total=len(train_data), ncols=100,
+                         desc=set_color(f"Train {epoch_idx:>5}", "pink")) if show_progress else train_data
+        if not self.config["single_spec"] and train_data.shuffle:
+            train_data.sampler.set_epoch(epoch_idx)
+        step_metrics: Dict[str, float] = {}
+        for batch_idx, interaction in enumerate(iter_data):
+            interaction = interaction.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = loss_func(interaction)
+            if isinstance(losses, tuple):
+                loss = sum(losses)
+                parts = torch.stack([l.detach().float() for l in losses])
+                total_loss = parts if total_loss is None else total_loss + parts
+            else:
+                loss = losses
+                total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
+            self._check_nan(loss)
+            loss.backward()
+            self._clip()
+            self.optimizer.step()
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
+            if hasattr(self.model, "on_step_end"):
+                self.model.on_step_end()
+            if batch_idx == 0 and hasattr(self.model, "step_metrics"):
+                step_metrics = self.model.step_metrics()
+        if total_loss is None:
+            raise ValueError("the training set is empty: no batch was produced")
+        if self.joint:
+            stats = self.model.refresh_semantic_ids()
+            record = {"epoch": int(epoch_idx), **stats, "assignment": step_metrics}
+            self.codebook_history.append(record)
+            used = ", ".join(f"L{lv['level']} {lv['used']}/{self.model.code_num}" for lv in stats["levels"])
+            self.logger.info(set_color("semantic IDs", "blue") + f": used codes {used}; collision rate "
+                             f"{stats['collision_rate']:.4f}; changed {stats.get('changed_frac', 0.0):.4f}; "
+                             + ", ".join(f"{k} {v:.4f}" for k, v in step_metrics.items()))
+        if total_loss.dim() == 0:
+            return float(total_loss)
+        return tuple(float(x) for x in total_loss)

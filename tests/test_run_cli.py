@@ -1,0 +1,118 @@
+"""`diger run` / `diger evaluate` end to end on the synthetic dataset, checkpoints and bad input (issue #2)."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from genrec_fixtures import small_config
+
+METRIC_KEYS = {"recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10", "hit@10"}
+
+
+def _overrides(root, **extra):
+    cfg = small_config(root, **extra)
+    return [f"--{k}={json.dumps(v)}" for k, v in cfg.items()]
+
+
+@pytest.mark.parametrize("model", ["DIGER", "SASRec"])
+def test_run_writes_result_and_evaluate_reproduces_it(toy_root, model, capsys):
+    from diger.cli import main
+
+    out = toy_root / f"run-{model}"
+    extra = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "loss_type": "CE", "train_neg_sample_args": None} if model == "SASRec" else {}
+    assert main(["run", "--model", model, "--dataset", "toy", *_overrides(toy_root, output_dir=str(out),
+                                                                                 checkpoint_dir=str(out), **extra)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert METRIC_KEYS <= set(result["test_result"]) and METRIC_KEYS <= set(result["best_valid_result"])
+    assert result["wall_clock_seconds"] > 0 and result["config"]["model"] == model
+    # Recall@K = Hit@K with one target per user; metrics are probabilities
+    assert result["test_result"]["recall@10"] == pytest.approx(result["test_result"]["hit@10"])
+    if model == "DIGER":
+        levels = result["codebook"]["final"]["levels"]
+        assert len(levels) == 2 and all(lv["used"] >= 1 for lv in levels)
+        assert [h["epoch"] for h in result["codebook"]["history"]] == [-1, 0]
+    ckpt = torch.load(result["checkpoint"], weights_only=True)  # plain data only
+    assert "state_dict" in ckpt and isinstance(ckpt["config"], dict)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", result["checkpoint"], "--output", str(out / "eval.json")]) == 0
+    again = json.loads((out / "eval.json").read_text())
+    assert again["test_result"] == result["test_result"]
+
+
+def test_truncated_checkpoint_is_a_clear_error(toy_root):
+    from diger.trainer import CheckpointError, atomic_torch_save, load_checkpoint
+
+    path = toy_root / "c.pth"
+    atomic_torch_save({"state_dict": {"w": torch.ones(1000)}}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="c.pth"):
+        load_checkpoint(str(path))
+    assert not list(toy_root.glob(".tmp-*"))
+
+
+def test_unknown_model_is_a_clear_error(toy_root, capsys):
+    from diger.cli import main
+
+    assert main(["run", "--model", "NoSuchModel", "--dataset", "toy", f"--data_path={toy_root}"]) == 2
+    assert "unknown model 'NoSuchModel'" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error(toy_root, capsys):
+    from diger.cli import main
+
+    assert main(["run", "--model", "TIGER", "--dataset", "nope", f"--data_path={toy_root}"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'nope' not found" in err and "nope.inter" in err
+
+
+def test_missing_text_field_is_a_clear_error(toy_root, capsys):
+    from diger.cli import main
+
+    args = _overrides(toy_root, item_emb_file=None, text_fields=["title", "director"])
+    assert main(["run", "--model", "TIGER", "--dataset", "toy", *args]) == 2
+    err = capsys.readouterr().err
+    assert "'director'" in err and "toy.item" in err
+
+
+def test_items_without_text_are_named_unless_filled(toy_root):
+    from genrec_fixtures import write_dataset
+
+    from diger.text import ItemTextError, build_item_texts, read_item_table
+
+    write_dataset(toy_root, "holes", with_text=False)
+    table = read_item_table(toy_root / "holes" / "holes.item", "item_id", ["title", "genre"])
+    tokens = ["[PAD]"] + [f"i{i}" for i in range(24)]
+    with pytest.raises(ItemTextError, match=r"5 item\(s\) have no text .*: i0, i5, i10, i15, i20"):
+        build_item_texts(tokens, table, ["title", "genre"])
+    texts = build_item_texts(tokens, table, ["title", "genre"], fill="unknown item")
+    assert texts[1] == "unknown item" and texts[2] == "title: Movie number 1; genre: Drama"
+
+
+def test_real_text_embeddings_are_cached(toy_root):
+    from diger.text import embed_texts
+
+    texts = ["", "title: Toy Story; genre: Animation", "title: Heat; genre: Action"]
+    a = embed_texts(texts, cache_dir=toy_root / "emb", show_progress=False)
+    assert a.shape == (3, 384) and (a[0] == 0).all()
+    assert abs(float((a[1] ** 2).sum()) - 1.0) < 1e-3  # MiniLM normalises
+    files = list((toy_root / "emb").glob("*.npy"))
+    assert len(files) == 1
+    b = embed_texts(texts, cache_dir=toy_root / "emb", model="all-MiniLM-L6-v2")
+    assert (a == b).all()
+
+
+def test_bad_config_file_and_override_are_clear_errors(toy_root):
+    from diger.config import ConfigError, check_config_files, parse_overrides
+
+    bad = toy_root / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml must hold a mapping"):
+        check_config_files([str(bad)])
+    with pytest.raises(ConfigError, match="not found: .*missing.yaml"):
+        check_config_files([str(toy_root / "missing.yaml")])
+    assert parse_overrides(["--epochs=3", "--topk=[5, 10]", "--x=__import__('os')"]) == {
+        "epochs": 3, "topk": [5, 10], "x": "__import__('os')"}
+    with pytest.raises(ConfigError, match="--key=value"):
+        parse_overrides(["epochs"])
