@@ -51,7 +51,7 @@ class UncertaintyDecay(nn.Module):
         return None
 
     def metrics(self) -> Dict[str, float]:
-        """Scalars for logging (stochastic ratio per level, sigma, ...), from the last batch."""
+        """Scalars (floats or 0-d tensors) for logging: stochastic ratio per level, sigma, ...; last batch."""
         return dict(self._last)
 
 
@@ -131,7 +131,7 @@ class FrqUD(UncertaintyDecay):
         self.usage_ema[level].mul_(self.momentum).add_((1 - self.momentum) * freq)
 
     def metrics(self) -> Dict[str, float]:
-        out = {k: float(v) for k, v in self._last.items()}
+        out = dict(self._last)
         ratios = [v for k, v in out.items() if k.startswith("stochastic_ratio/")]
         if ratios:
             out["stochastic_ratio"] = sum(ratios) / len(ratios)
@@ -177,13 +177,13 @@ class SDUD(UncertaintyDecay):
         return rec_loss / (2 * a * a) + torch.log(a)
 
     def loss(self, rec_loss: torch.Tensor) -> Optional[torch.Tensor]:
-        self._last["target_sigma"] = max(0.0, float(rec_loss.detach()) ** 0.5 - self.lam)
+        self._last["target_sigma"] = (rec_loss.detach().sqrt() - self.lam).clamp_min(0.0)
         if not self.use_ud_loss:
             return None
         return self.ud_objective(rec_loss, self.sigma.mean(), self.lam)
 
     def metrics(self) -> Dict[str, float]:
-        return {k: float(v) for k, v in self._last.items()}
+        return dict(self._last)
 
 
 class SDUDFrqUD(FrqUD):

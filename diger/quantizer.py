@@ -10,6 +10,7 @@ from torch import nn
 
 from .decay import ASSIGN_MODES, UncertaintyDecay
 from .gumbel import gumbel_softmax, straight_through
+from .sinkhorn import sinkhorn_assign
 
 
 @dataclass
@@ -74,15 +75,31 @@ class VectorQuantizer(nn.Module):
         level: int = 0,
         decay: Optional[UncertaintyDecay] = None,
         generator: Optional[torch.Generator] = None,
+        logit_source: str = "raw",
+        sk_epsilon: float = 0.003,
+        sk_iters: int = 50,
     ) -> LevelOut:
-        """Assign residuals ``r [n, d]`` to codes (DIGER-method.md §6.2, table of §13.3)."""
+        """Assign residuals ``r [n, d]`` to codes (DIGER-method.md §6.2, table of §13.3).
+
+        ``logit_source="raw"`` (``true_e2e``): logits ``-d``, deterministic code ``argmin d``.
+        ``"sinkhorn_normalized"`` (``historical`` parity, §6.1): logits ``-d~`` with ``d`` normalised
+        over the batch to ``[-1, 1]``, deterministic code = Sinkhorn argmax over the batch.
+        """
         if mode not in ASSIGN_MODES:
             raise ValueError(f"unknown assign_mode {mode!r}; expected one of {list(ASSIGN_MODES)}")
         if not tau > 0:
             raise ValueError(f"gumbel_tau must be > 0, got {tau}")
         d = self.distances(r)
-        logits = -d
-        c_det = logits.argmax(dim=-1)
+        if logit_source == "raw":
+            logits = -d
+            c_det = logits.argmax(dim=-1)
+        elif logit_source == "sinkhorn_normalized":
+            mid = (d.max() + d.min()).detach() / 2
+            amp = (d.max().detach() - mid).clamp_min(1e-12)
+            logits = -(d - mid) / amp
+            c_det = sinkhorn_assign(d, epsilon=sk_epsilon, iters=sk_iters)
+        else:
+            raise ValueError(f"logit_source must be 'raw' or 'sinkhorn_normalized', got {logit_source!r}")
         e = self.embedding.weight
         if mode == "ste":
             p_soft = F.one_hot(c_det, self.codebook_size).to(r.dtype)
@@ -95,7 +112,7 @@ class VectorQuantizer(nn.Module):
             else:
                 scale = decay.noise_scale(level, c_det, self.training)
             gs = gumbel_softmax(logits, tau=tau, noise_scale=scale, generator=generator)
-            # Deterministic rows use argmin distance exactly (softmax argmax equals it; this avoids ties).
+            # Deterministic rows take c_det exactly (argmin distance, or the Sinkhorn code).
             index = torch.where(scale > 0, gs.index, c_det)
             y_hard = F.one_hot(index, self.codebook_size).to(gs.y_soft.dtype)
             p_soft = gs.y_soft

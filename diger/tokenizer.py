@@ -92,7 +92,7 @@ def codebook_stats(sids: torch.Tensor, num_codes: Sequence[int], previous: Optio
         previous: the previous epoch's table, for the share of changed semantic IDs.
 
     Returns:
-        dict with per-level ``used``, ``dead``, ``perplexity`` (exp of usage entropy),
+        dict with per-level ``used``, ``dead``, ``counts`` (items per code), ``perplexity`` (exp of usage entropy),
         ``entropy_norm`` (entropy / log K), ``balance`` (1 - sum|n_k - N/K| / 2N); and
         ``collision_rate`` ((N - #unique prefixes)/N), ``max_collision_group``, ``hash``,
         ``changed_frac`` (share of items whose semantic ID changed) when ``previous`` is given.
@@ -110,6 +110,7 @@ def codebook_stats(sids: torch.Tensor, num_codes: Sequence[int], previous: Optio
             "perplexity": math.exp(ent),
             "entropy_norm": ent / math.log(k),
             "balance": 1.0 - float((counts - n / k).abs().sum()) / (2 * max(n, 1)),
+            "counts": counts.long().tolist(),
         })
     prefix = sids[:, : len(num_codes)]
     uniq, counts = torch.unique(prefix, dim=0, return_counts=True)
@@ -125,8 +126,16 @@ def codebook_stats(sids: torch.Tensor, num_codes: Sequence[int], previous: Optio
     return out
 
 
+TOKENIZER_KINDS = ("rqvae", "rqkmeans")
+
+
 class RQTokenizer(nn.Module):
-    """RQ-VAE tokenizer (DIGER-method.md §4): ``z = Enc(x)``, ``L`` residual quantisers, ``x^ = Dec(z^)``.
+    """Residual-quantisation tokenizer: ``z = Enc(x)``, ``L`` residual quantisers, ``x^ = Dec(z^)``.
+
+    ``kind="rqvae"`` (DIGER-method.md §4): MLP encoder/decoder, trained by :func:`pretrain_tokenizer`.
+    ``kind="rqkmeans"`` (TIGER-style baselines, ECOSYSTEM.md §4): identity encoder (``z = x``), the
+    codebooks are the residual k-means centroids of ``x`` and are not trained; ``layers`` and
+    ``e_dim`` are ignored.
 
     Args:
         in_dim: item-embedding dimension ``D``.
@@ -136,15 +145,24 @@ class RQTokenizer(nn.Module):
         beta: commitment weight of the VQ loss.
 
     Shapes: ``x [n, D]`` -> ``z [n, d]``; codes ``[n, L]``.
+
+    Raises:
+        ValueError: for an unknown ``kind``.
     """
 
-    def __init__(self, in_dim: int, layers: Sequence[int], e_dim: int, num_codes: Sequence[int], beta: float = 0.25) -> None:
+    def __init__(self, in_dim: int, layers: Sequence[int], e_dim: int, num_codes: Sequence[int], beta: float = 0.25,
+                 kind: str = "rqvae") -> None:
         super().__init__()
+        if kind not in TOKENIZER_KINDS:
+            raise ValueError(f"tokenizer must be one of {list(TOKENIZER_KINDS)}, got {kind!r}")
+        self.kind = kind
+        if kind == "rqkmeans":
+            e_dim = in_dim
         self.in_dim, self.e_dim = int(in_dim), int(e_dim)
         self.num_codes = [int(k) for k in num_codes]
         sizes = [in_dim, *layers, e_dim]
-        self.encoder = mlp(sizes)
-        self.decoder = mlp(sizes[::-1])
+        self.encoder = mlp(sizes) if kind == "rqvae" else nn.Identity()
+        self.decoder = mlp(sizes[::-1]) if kind == "rqvae" else nn.Identity()
         self.quantizers = nn.ModuleList([VectorQuantizer(k, e_dim, beta) for k in self.num_codes])
 
     @property
@@ -153,13 +171,16 @@ class RQTokenizer(nn.Module):
 
     def quantize(self, z: torch.Tensor, *, mode: str = "ste", tau: float = 2.0,
                  decay: Optional[UncertaintyDecay] = None,
-                 generator: Optional[torch.Generator] = None) -> Tuple[List[LevelOut], torch.Tensor]:
-        """Residual quantisation of ``z [n, d]``: ``r_{l+1} = r_l - q_l``; returns (levels, ``z^ = sum q_l``)."""
+                 generator: Optional[torch.Generator] = None, **assign_kw) -> Tuple[List[LevelOut], torch.Tensor]:
+        """Residual quantisation of ``z [n, d]``: ``r_{l+1} = r_l - q_l``; returns (levels, ``z^ = sum q_l``).
+
+        ``assign_kw`` (``logit_source``, ``sk_epsilon``, ``sk_iters``) go to :meth:`VectorQuantizer.assign`.
+        """
         r = z
         outs = []
         z_hat = torch.zeros_like(z)
         for level, vq in enumerate(self.quantizers):
-            out = vq.assign(r, mode=mode, tau=tau, level=level, decay=decay, generator=generator)
+            out = vq.assign(r, mode=mode, tau=tau, level=level, decay=decay, generator=generator, **assign_kw)
             outs.append(out)
             z_hat = z_hat + out.q
             r = r - out.q

@@ -86,6 +86,15 @@ class SafeCheckpointTrainer(Trainer):
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
+    def _full_sort_batch_eval(self, batched_data):
+        # One protocol for every model (ECOSYSTEM.md §1.6): RecBole masks a user's training items only
+        # for general models (Pop, BPR); sequential ones never are. `exclude_history: False` (our
+        # default) evaluates general models like sequential ones; True keeps RecBole's masking.
+        if not (self.config["exclude_history"] if "exclude_history" in self.config else False):
+            interaction, history_index, positive_u, positive_i = batched_data
+            batched_data = (interaction, None, positive_u, positive_i)
+        return super()._full_sort_batch_eval(batched_data)
+
     def resume_checkpoint(self, resume_file):
         load_checkpoint(str(resume_file))  # clear error for a truncated file before RecBole's load
         super().resume_checkpoint(resume_file)
@@ -161,10 +170,12 @@ class GenRecTrainer(SafeCheckpointTrainer):
                 self.lr_scheduler.step()
             if hasattr(self.model, "on_step_end"):
                 self.model.on_step_end()
-            if batch_idx == 0 and hasattr(self.model, "step_metrics"):
-                step_metrics = self.model.step_metrics()
+            if hasattr(self.model, "step_metrics"):
+                for k, v in self.model.step_metrics().items():  # epoch means, summed without host syncs
+                    step_metrics[k] = step_metrics.get(k, 0.0) + v
         if total_loss is None:
             raise ValueError("the training set is empty: no batch was produced")
+        step_metrics = {k: float(v) / (batch_idx + 1) for k, v in step_metrics.items()}
         if self.joint:
             stats = self.model.refresh_semantic_ids()
             record = {"epoch": int(epoch_idx), **stats, "assignment": step_metrics}

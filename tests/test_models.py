@@ -145,3 +145,49 @@ def test_refresh_semantic_ids_reports_codebook_statistics(toy_root):
     assert [lv["level"] for lv in stats["levels"]] == [1, 2]
     assert stats["changed_frac"] == 0.0  # nothing trained: same table
     assert all(1 <= lv["used"] <= 4 for lv in stats["levels"])
+
+
+def test_historical_parity_options(toy_root):
+    """historical: Sinkhorn-normalised logits, L_UD replaces the CE under SDUD, optional balance loss."""
+    from diger.decay import SDUD
+
+    _, net, train, _ = _build("DIGER", toy_root, gradient_path="historical", assign_mode="sdud", w_balance=0.1)
+    assert net.assign_kw["logit_source"] == "sinkhorn_normalized"
+    batch = _batch(train)
+    parts = net.calculate_loss(batch)
+    assert len(parts) == 4 and all(torch.isfinite(p) for p in parts)
+    ce = super(type(net), net).calculate_loss(batch)
+    expected = SDUD.ud_objective(ce, net.decay.sigma.mean(), 1.7)
+    assert parts[0].item() == pytest.approx(expected.item(), rel=1e-3)
+    parts[0].backward()
+    assert net.decay.sigma.grad is not None and net.decay.sigma.grad.abs().sum() > 0
+
+
+def test_tau_schedule_follows_training_steps(toy_root):
+    _, net, _, _ = _build("DIGER", toy_root, gumbel_tau_schedule={"type": "linear", "v0": 2.0, "v_end": 1.0, "total": 10})
+    assert net.current_tau() == 2.0
+    for _ in range(5):
+        net.on_step_end()
+    assert net.current_tau() == pytest.approx(1.5)
+    assert int(net.state_dict()["train_step"]) == 5
+
+
+def test_tiger_with_published_semantic_ids(toy_root):
+    """LETTER-style index -> fixed SID table (+ collision suffix); no item text needed."""
+    import json
+
+    from genrec_fixtures import N_ITEMS
+
+    index = {f"i{i}": [f"<a_{i % 3}>", f"<b_{(i // 3) % 2}>"] for i in range(N_ITEMS)}
+    path = toy_root / "toy.index.json"
+    path.write_text(json.dumps(index))
+    _, net, train, test = _build("TIGER", toy_root, sid_table_file=str(path), item_emb_file=None, text_fields=["nope"],
+                                 code_num=3)
+    tokens = net.dataset_item_tokens
+    for i in (1, 5, N_ITEMS):
+        raw = int(tokens[i][1:])
+        assert net.sid_table[i, :2].tolist() == [raw % 3, (raw // 3) % 2]
+    assert torch.unique(net.sid_table[1:], dim=0).shape[0] == N_ITEMS
+    assert torch.isfinite(net.calculate_loss(_batch(train)))
+    with pytest.raises(ValueError, match="set code_levels: 2 and code_num > 2"):
+        _build("TIGER", toy_root, sid_table_file=str(path), item_emb_file=None, code_num=2)

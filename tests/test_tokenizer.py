@@ -147,3 +147,27 @@ def test_pretrain_then_unique_sids_survive_save_load(tmp_path):
     assert torch.equal(torch.load(tmp_path / "t.pth", weights_only=True)["sid_table"], table)
     # deterministic: same catalogue -> same table
     assert torch.equal(build_sid_table(tok.get_codes(x), 64), table)
+
+
+def test_rqkmeans_tokenizer_reproduces_faiss_residual_kmeans():
+    x = _blobs(300, 12, k=6, seed=4)
+    tok = RQTokenizer(12, [], 0, [6, 4], kind="rqkmeans")
+    tok.kmeans_init(torch.from_numpy(x), seed=7)
+    _, codes = residual_kmeans(x, [6, 4], seed=7)
+    assert torch.equal(tok.get_codes(torch.from_numpy(x), sinkhorn=False), torch.from_numpy(codes))
+    with pytest.raises(ValueError, match="tokenizer must be one of"):
+        RQTokenizer(12, [], 0, [6], kind="pq")
+
+
+def test_decay_state_survives_state_dict_round_trip():
+    a = build_decay("sdud_frqud", 2, 8, {"sdud_sigma0": 1.3})
+    a.observe(0, torch.tensor([1, 1, 2]))
+    b = build_decay("sdud_frqud", 2, 8, {})
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.usage_ema, b.usage_ema) and torch.equal(a.sdud.sigma, b.sdud.sigma)
+    g = build_decay("gumbel", 1, 8, {"noise_schedule": {"type": "linear", "v0": 1.0, "v_end": 0.0, "total": 10}})
+    for _ in range(4):
+        g.step()
+    h = build_decay("gumbel", 1, 8, {"noise_schedule": {"type": "linear", "v0": 1.0, "v_end": 0.0, "total": 10}})
+    h.load_state_dict(g.state_dict())
+    assert h.noise_scale(0, torch.zeros(3, dtype=torch.long))[0].item() == pytest.approx(0.6)

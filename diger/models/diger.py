@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..decay import ASSIGN_MODES, build_decay
+from ..gumbel import ConstantSchedule, make_schedule
 from .tiger import SemanticIDRecommender, _cfg
 
 GRADIENT_PATHS = ("true_e2e", "historical")
@@ -47,6 +48,15 @@ class DIGER(SemanticIDRecommender):
         self.tau = float(_cfg(config, "gumbel_tau", 2.0))
         if not self.tau > 0:
             raise ValueError(f"gumbel_tau must be > 0, got {self.tau}")
+        # Temperature schedule (DIGER fixes tau; schedules are an option, §6.2): tau(t) from gumbel_tau_schedule.
+        self.tau_schedule = make_schedule(_cfg(config, "gumbel_tau_schedule", self.tau))
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        source = str(_cfg(config, "logit_source", "auto"))
+        if source == "auto":
+            source = "sinkhorn_normalized" if self.gradient_path == "historical" else "raw"
+        self.assign_kw = {"logit_source": source, "sk_epsilon": float(_cfg(config, "sk_epsilon", 0.003)),
+                          "sk_iters": int(_cfg(config, "sk_iters", 50))}
+        self.w_balance = float(_cfg(config, "w_balance", 0.0))
         self.use_cached_forward = bool(_cfg(config, "use_cached_sinkhorn_forward", True))
         self.w_recon = float(_cfg(config, "w_recon", 1.0))
         self.w_vq = float(_cfg(config, "w_vq", 1.0))
@@ -56,6 +66,8 @@ class DIGER(SemanticIDRecommender):
         self.tokenizer.decoder.requires_grad_(False)
         self._last_metrics: Dict[str, float] = {}
         self._detach_uses: set = set()
+        self._z_cache = None
+        self._z_version = -1
 
     # ----- optimisation -----------------------------------------------------------------------
     def param_groups(self, config) -> List[Dict]:
@@ -74,13 +86,33 @@ class DIGER(SemanticIDRecommender):
 
     def on_step_end(self) -> None:
         self.decay.step()
+        self.train_step += 1
+
+    def current_tau(self) -> float:
+        return self.tau_schedule.value(int(self.train_step)) if not isinstance(self.tau_schedule, ConstantSchedule) else self.tau
 
     def step_metrics(self) -> Dict[str, float]:
         return {**self.decay.metrics(), **self._last_metrics}
 
     # ----- loss -------------------------------------------------------------------------------
+    def _latents(self) -> torch.Tensor:
+        """``z = Enc(x)`` of every item, computed once: encoder and item embeddings are frozen (§9)."""
+        if self._z_cache is None or self._z_version != self._table_version:
+            with torch.no_grad():
+                self._z_cache = self.tokenizer.encoder(self.item_emb)
+            self._z_version = self._table_version
+        return self._z_cache
+
     def _tokenize(self, items: torch.Tensor):
-        return self.tokenizer(self.item_emb[items], mode=self.assign_mode, tau=self.tau, decay=self.decay)
+        z = self._latents()[items]
+        levels, z_hat = self.tokenizer.quantize(z, mode=self.assign_mode, tau=self.current_tau(), decay=self.decay,
+                                                **self.assign_kw)
+        return z, levels, z_hat
+
+    def _balance_loss(self, levels) -> torch.Tensor:
+        """``mean_l sum_k |mean_b p_soft[b, k] - 1/K|`` (the official trainer's balance loss, §8)."""
+        k = self.code_num
+        return torch.stack([(lv.p_soft.mean(0) - 1.0 / k).abs().sum() for lv in levels]).mean()
 
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
@@ -117,6 +149,8 @@ class DIGER(SemanticIDRecommender):
         zt, zht = z[inv_t], z_hat[inv_t]
         recon = F.mse_loss(zht, zt)
         vq = torch.stack([lv.vq_loss[inv_t].mean() for lv in levels]).mean()
+        if self.w_balance > 0:
+            return rec, self.w_recon * recon, self.w_vq * vq, self.w_balance * self._balance_loss(levels)
         return rec, self.w_recon * recon, self.w_vq * vq
 
     def _item_tokens(self, a: torch.Tensor, uniq: torch.Tensor) -> torch.Tensor:
@@ -132,4 +166,7 @@ class DIGER(SemanticIDRecommender):
         recon = F.mse_loss(z_hat, z)
         vq = torch.stack([lv.vq_loss.mean() for lv in levels]).mean()
         ud = self.decay.loss(rec)
+        if self.w_balance > 0:
+            return (ud if ud is not None else rec), self.w_recon * recon, self.w_vq * vq, \
+                self.w_balance * self._balance_loss(levels)
         return (ud if ud is not None else rec), self.w_recon * recon, self.w_vq * vq

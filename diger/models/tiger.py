@@ -77,8 +77,12 @@ class SemanticIDRecommender(SequentialRecommender):
         self._trie: Optional[SIDTrie] = None
         self._trie_version = -1
         self._table_version = 0
+        self.dataset_item_tokens = dataset.field2id_token[config["ITEM_ID_FIELD"]]
         restoring = bool(_cfg(config, "restore_from_checkpoint", False))
-        if restoring:
+        if _cfg(config, "sid_table_file", None) and not restoring:
+            emb = torch.zeros(self.n_items, 1)  # published IDs: no item text needed
+            config["item_emb_dim"] = 1
+        elif restoring:
             dim = int(_cfg(config, "item_emb_dim", 0))
             if dim <= 0:
                 raise ValueError("restore_from_checkpoint needs `item_emb_dim` in the saved config")
@@ -88,7 +92,8 @@ class SemanticIDRecommender(SequentialRecommender):
             config["item_emb_dim"] = int(emb.shape[1])
         self.register_buffer("item_emb", emb.float())
         self.tokenizer = RQTokenizer(emb.shape[1], list(_cfg(config, "encoder_layers", [256, 128])),
-                                     int(_cfg(config, "e_dim", 64)), self.num_codes, float(_cfg(config, "vq_beta", 0.25)))
+                                     int(_cfg(config, "e_dim", 64)), self.num_codes, float(_cfg(config, "vq_beta", 0.25)),
+                                     kind=str(_cfg(config, "tokenizer", "rqvae")))
         self.register_buffer("sid_table", torch.full((self.n_items, self.code_levels + 1), -1, dtype=torch.long))
         self.pretrain_info: Dict = {}
         if not restoring:
@@ -105,11 +110,18 @@ class SemanticIDRecommender(SequentialRecommender):
     # ----- tokenizer and SID table ------------------------------------------------------------
     def _init_tokenizer(self, config) -> None:
         x = self.item_emb[1:]
+        if _cfg(config, "sid_table_file", None):
+            return self._load_published_ids(config)
         path = _cfg(config, "rqvae_path", None)
         if path:
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.tokenizer.load_state_dict(state.get("tokenizer", state))
             self.pretrain_info = {"loaded_from": str(path)}
+        elif self.tokenizer.kind == "rqkmeans":
+            # RQ-KMeans: the codebooks are the residual k-means centroids; nothing is trained.
+            self.tokenizer.kmeans_init(x, niter=int(_cfg(config, "kmeans_iters", 20)), seed=int(_cfg(config, "seed", 2020)),
+                                       backend=str(_cfg(config, "kmeans_init", "faiss")))
+            self.pretrain_info = {"tokenizer": "rqkmeans"}
         else:
             self.pretrain_info = pretrain_tokenizer(
                 self.tokenizer, x,
@@ -123,6 +135,26 @@ class SemanticIDRecommender(SequentialRecommender):
                 show_progress=bool(_cfg(config, "show_progress", False)),
             )
         self.refresh_semantic_ids()
+
+    def _load_published_ids(self, config) -> None:
+        """Fixed semantic IDs from a published index (LETTER's ``*.index.json``) plus our collision suffix.
+
+        Raises:
+            ValueError: when the file's number of levels or code range disagrees with ``code_levels`` /
+                ``code_num``, or for a model that trains its codebooks (DIGER).
+        """
+        from ..data.semantic_ids import load_letter_index
+
+        path = _cfg(config, "sid_table_file", None)
+        if getattr(self, "config_chain", ())[-1:] != ("TIGER",):
+            raise ValueError("sid_table_file (published semantic IDs) is for TIGER; DIGER learns its own codebooks")
+        prefix = load_letter_index(path, list(self.dataset_item_tokens))[1:]
+        if prefix.shape[1] != self.code_levels or int(prefix.max()) >= self.code_num or int(prefix.min()) < 0:
+            raise ValueError(f"{path}: {prefix.shape[1]} levels with codes up to {int(prefix.max())}; "
+                             f"set code_levels: {prefix.shape[1]} and code_num > {int(prefix.max())}")
+        self.sid_table.copy_(build_sid_table(prefix, self.suffix_size))
+        self._table_version += 1
+        self.pretrain_info = {"sid_table_file": str(path)}
 
     @torch.no_grad()
     def compute_semantic_ids(self) -> torch.Tensor:
@@ -201,3 +233,8 @@ class TIGER(SemanticIDRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.tokenizer.requires_grad_(False)
+
+    def refresh_semantic_ids(self):
+        if _cfg(self.config, "sid_table_file", None):  # published IDs stay as loaded
+            return self.codebook_statistics()
+        return super().refresh_semantic_ids()
