@@ -10,8 +10,14 @@ from typing import List, Optional
 
 def _run(args, extra: List[str]) -> int:
     from .config import parse_overrides
-    from .quick_start import run
+    from .quick_start import resume, run
 
+    if args.resume:
+        if extra or args.config_files:
+            raise ValueError("--resume continues a run with its saved configuration; drop the other options")
+        result = resume(args.resume)
+        print(json.dumps({"test_result": result["test_result"], "wall_clock_seconds": result["wall_clock_seconds"]}, indent=2))
+        return 0
     overrides = parse_overrides(extra)
     if args.data_path:
         overrides.setdefault("data_path", args.data_path)
@@ -42,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k, shipped with RecBole)")
     r.add_argument("--config_files", "--config-files", nargs="*", default=None, help="YAML config files, later ones win")
     r.add_argument("--data_path", "--data-path", default=None, help="folder holding <dataset>/<dataset>.inter")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run from RUN_DIR/last.pth")
     e = sub.add_parser("evaluate", help="reload a checkpoint and evaluate its test split")
     e.add_argument("--checkpoint", required=True, help="a .pth written by `diger run`")
     e.add_argument("--output", default=None, help="also write the result to this JSON file")

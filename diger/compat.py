@@ -69,16 +69,17 @@ def to_plain(value: Any) -> Any:
     import numpy as np
     import torch
 
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
+    if value is None or isinstance(value, str):
+        return str(value) if value is not None else None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):  # np.float64 subclasses float: cast to a plain float
+        value = float(value)
         return value if math.isfinite(value) else str(value)
     if isinstance(value, enum.Enum):
         return value.name
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return to_plain(float(value))
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):

@@ -82,6 +82,7 @@ class VectorQuantizer(nn.Module):
         """Assign residuals ``r [n, d]`` to codes (DIGER-method.md §6.2, table of §13.3).
 
         ``logit_source="raw"`` (``true_e2e``): logits ``-d``, deterministic code ``argmin d``.
+        ``"normalized"``: logits ``-d~`` (batch-normalised to ``[-1, 1]``), code ``argmin d``.
         ``"sinkhorn_normalized"`` (``historical`` parity, §6.1): logits ``-d~`` with ``d`` normalised
         over the batch to ``[-1, 1]``, deterministic code = Sinkhorn argmax over the batch.
         """
@@ -93,13 +94,20 @@ class VectorQuantizer(nn.Module):
         if logit_source == "raw":
             logits = -d
             c_det = logits.argmax(dim=-1)
+        elif logit_source == "normalized":
+            # Scale-free logits: the batch's distances mapped to [-1, 1], so tau and the Gumbel noise act on
+            # the same scale whatever the embedding norm (raw latents of small encoders are ~1e-2 apart).
+            mid = (d.max() + d.min()).detach() / 2
+            amp = (d.max().detach() - mid).clamp_min(1e-12)
+            logits = -(d - mid) / amp
+            c_det = logits.argmax(dim=-1)
         elif logit_source == "sinkhorn_normalized":
             mid = (d.max() + d.min()).detach() / 2
             amp = (d.max().detach() - mid).clamp_min(1e-12)
             logits = -(d - mid) / amp
             c_det = sinkhorn_assign(d, epsilon=sk_epsilon, iters=sk_iters)
         else:
-            raise ValueError(f"logit_source must be 'raw' or 'sinkhorn_normalized', got {logit_source!r}")
+            raise ValueError(f"logit_source must be 'raw', 'normalized' or 'sinkhorn_normalized', got {logit_source!r}")
         e = self.embedding.weight
         if mode == "ste":
             p_soft = F.one_hot(c_det, self.codebook_size).to(r.dtype)

@@ -109,7 +109,9 @@ def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file
     """Train and evaluate ``model`` on ``dataset``; write ``<output_dir>/result.json``; return it.
 
     ``output_dir`` (config key) defaults to ``runs/<model>-<dataset>-<time>``; the checkpoint
-    (``checkpoint_dir``) goes there too unless set. The result holds ``best_valid_result``,
+    (``checkpoint_dir``) goes there too unless set. ``<output_dir>/run.json`` records the run's
+    configuration at the start, and ``<checkpoint_dir>/last.pth`` the state after every evaluated
+    epoch, so a killed run continues with :func:`resume`. The result holds ``best_valid_result``,
     ``test_result`` (RecBole metric names), ``best_valid_score``, ``config``, ``wall_clock_seconds``,
     ``checkpoint`` and, for semantic-ID models, ``codebook`` statistics per epoch.
 
@@ -121,6 +123,38 @@ def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file
     out_dir = _output_dir(config)
     if not (config_dict or {}).get("checkpoint_dir") and "checkpoint_dir" not in _file_keys(config_file_list):
         config["checkpoint_dir"] = str(out_dir)
+    _write_json(out_dir / "run.json", {
+        "model": config["model"], "dataset": config["dataset"], "checkpoint_dir": str(config["checkpoint_dir"]),
+        "run_config": compat.to_plain({**config.external_config_dict, "output_dir": str(out_dir),
+                                       "checkpoint_dir": str(config["checkpoint_dir"])}),
+    })
+    return _execute(config, resolve_model(model), out_dir, saved, start)
+
+
+def resume(run_dir: str) -> Dict:
+    """Continue a killed :func:`run` from ``<run_dir>/run.json`` and its ``last.pth`` (the last evaluated epoch).
+
+    Model, optimiser, LR schedule, uncertainty-decay state, semantic-ID table, early-stopping
+    counters and RNG states are restored, so the run ends as the uninterrupted one would.
+
+    Raises:
+        FileNotFoundError: when ``run.json`` is missing; CheckpointError: for a missing or truncated ``last.pth``.
+    """
+    start = time.time()
+    meta_file = Path(run_dir) / "run.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"cannot resume: {meta_file} not found (was {run_dir} written by `diger run`?)")
+    meta = json.loads(meta_file.read_text())
+    last = os.path.join(meta["checkpoint_dir"], SafeCheckpointTrainer.LAST)
+    ckpt = load_checkpoint(last)
+    cfg = dict(meta["run_config"])
+    if ckpt["config"].get("item_emb_dim"):
+        cfg.update({"restore_from_checkpoint": True, "item_emb_dim": ckpt["config"]["item_emb_dim"]})
+    config = make_config(meta["model"], meta["dataset"], None, cfg)
+    return _execute(config, resolve_model(meta["model"]), Path(run_dir), True, start, resume_file=last)
+
+
+def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resume_file: Optional[str] = None) -> Dict:
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     log = logging.getLogger()
@@ -129,10 +163,11 @@ def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file
     log.info(ds)
     train_data, valid_data, test_data = data_preparation(config, ds)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_class = resolve_model(model)
     net = model_class(config, train_data._dataset).to(config["device"])
     log.info(net)
     trainer = trainer_class(model_class)(config, net)
+    if resume_file:
+        trainer.resume_last(resume_file, train_data)
     show = bool(config["show_progress"])
     best_score, best_valid = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)
@@ -144,9 +179,11 @@ def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file
         "test_result": compat.to_plain(dict(test_result or {})),
         "wall_clock_seconds": round(time.time() - start, 2),
         "checkpoint": trainer.saved_model_file if saved else None,
+        "resumed_from": resume_file,
         "protocol": {
             "split": "leave-one-out by timestamp (RecBole LS valid_and_test, order TO; ties keep file order)",
             "ranking": "full",
+            "exclude_history": bool(config["exclude_history"]),
             "max_history": config["MAX_ITEM_LIST_LENGTH"],
         },
         "config": compat.config_to_plain(config),

@@ -10,12 +10,13 @@
 """
 from __future__ import annotations
 
-import math
 import os
+import random
 import tempfile
 from time import time
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
@@ -99,6 +100,69 @@ class SafeCheckpointTrainer(Trainer):
         load_checkpoint(str(resume_file))  # clear error for a truncated file before RecBole's load
         super().resume_checkpoint(resume_file)
 
+    # ----- resume after a kill ----------------------------------------------------------------
+    LAST = "last.pth"
+
+    def _extra_state(self) -> Dict:
+        """Trainer state beyond RecBole's checkpoint; subclasses add theirs."""
+        return {}
+
+    def _load_extra_state(self, state: Dict) -> None:
+        pass
+
+    def _save_last(self, epoch: int, train_data) -> None:
+        """After an evaluated epoch: everything needed to continue exactly, in ``<checkpoint_dir>/last.pth``."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        np_state = np.random.get_state()
+        state = {
+            **self._checkpoint_state(epoch),
+            "best_valid_result": compat.to_plain(dict(self.best_valid_result or {})),
+            "saved_model_file": self.saved_model_file,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                          int(np_state[3]), float(np_state[4])],
+                "python": list(random.getstate()[1]),
+                "train_loader": train_data.generator.get_state(),
+            },
+            **self._extra_state(),
+        }
+        atomic_torch_save(state, os.path.join(self.checkpoint_dir, self.LAST))
+
+    def resume_last(self, path: str, train_data) -> None:
+        """Continue from ``last.pth``: weights, optimiser, early-stopping state, RNG states (and subclass state).
+
+        Raises:
+            CheckpointError: naming ``path`` when it is missing or unreadable.
+        """
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.model.load_other_parameter(ckpt.get("other_parameter"))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.cur_step = int(ckpt["cur_step"])
+        self.best_valid_score = float(ckpt["best_valid_score"])
+        self.best_valid_result = ckpt.get("best_valid_result") or None
+        self.saved_model_file = ckpt["saved_model_file"]
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        n = rng["numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+        random.setstate((3, tuple(rng["python"]), None))
+        train_data.generator.set_state(rng["train_loader"])
+        self._load_extra_state(ckpt)
+        self.logger.info(f"resumed from {path}: continuing at epoch {self.start_epoch}")
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        def on_evaluated(epoch_idx, valid_score):
+            if saved:
+                self._save_last(epoch_idx, train_data)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, on_evaluated)
+
 
 class GenRecTrainer(SafeCheckpointTrainer):
     """Trainer for :class:`~diger.models.TIGER` and :class:`~diger.models.DIGER` (see module doc)."""
@@ -129,11 +193,23 @@ class GenRecTrainer(SafeCheckpointTrainer):
         warm = int(self.config["warmup_steps"] or 0)
         self.lr_scheduler = get_cosine_schedule_with_warmup(self.optimizer, min(warm, total // 2), total)
 
+    def _extra_state(self) -> Dict:
+        return {"lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+                "codebook_history": compat.to_plain(self.codebook_history)}
+
+    def _load_extra_state(self, state: Dict) -> None:
+        self._pending_scheduler = state.get("lr_scheduler")
+        self.codebook_history = list(state.get("codebook_history") or [])
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.lr_scheduler is None:
             self._make_scheduler(len(train_data))
-            for _ in range(self.start_epoch * len(train_data)):  # resumed run: same LR position
-                self.lr_scheduler and self.lr_scheduler.step()
+            pending = getattr(self, "_pending_scheduler", None)
+            if pending is not None and self.lr_scheduler is not None:
+                self.lr_scheduler.load_state_dict(pending)
+                # Building the scheduler reset each group's lr to step 0's value: restore the saved step's.
+                for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+                    group["lr"] = lr
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _clip(self) -> None:

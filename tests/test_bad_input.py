@@ -1,0 +1,65 @@
+"""Bad input gives a clear error naming the file, field or value, and writes nothing (issues #2, #7)."""
+import numpy as np
+import pytest
+
+from genrec_fixtures import N_ITEMS, small_config
+
+
+def _build(model, root, **extra):
+    from recbole.data import create_dataset, data_preparation
+
+    from diger.quick_start import make_config, resolve_model
+
+    cfg = make_config(model, "toy", None, small_config(root, **extra))
+    train, _, _ = data_preparation(cfg, create_dataset(cfg))
+    return resolve_model(model)(cfg, train._dataset)
+
+
+@pytest.mark.parametrize("extra,match", [
+    ({"code_num": 1}, r"code_num \(codebook size\) must be >= 2, got 1"),
+    ({"frq_rho": 0.0}, r"frq_rho must be > 0, got 0.0"),
+    ({"gumbel_tau": 0.0}, r"gumbel_tau must be > 0, got 0.0"),
+    ({"num_beams": 3}, r"num_beams \(3\) must be >= max\(topk\) \(10\)"),
+    ({"assign_mode": "magic"}, r"assign_mode must be one of .*'magic'"),
+    ({"gradient_path": "sideways"}, r"gradient_path must be one of .*'sideways'"),
+    ({"tokenizer": "pq"}, r"tokenizer must be one of .*'pq'"),
+])
+def test_config_values_out_of_range(toy_root, extra, match):
+    with pytest.raises(ValueError, match=match):
+        _build("DIGER", toy_root, **extra)
+
+
+def test_nan_in_item_embeddings_names_the_rows(toy_root):
+    emb = np.random.default_rng(0).normal(size=(N_ITEMS, 16)).astype(np.float32)
+    emb[3, 2] = np.nan
+    path = toy_root / "nan.npy"
+    np.save(path, emb)
+    with pytest.raises(ValueError, match=r"nan.npy: non-finite values in rows \[4\]"):
+        _build("TIGER", toy_root, item_emb_file=str(path))
+
+
+def test_embedding_count_must_match_items(toy_root):
+    path = toy_root / "short.npy"
+    np.save(path, np.zeros((N_ITEMS - 3, 16), np.float32))
+    with pytest.raises(ValueError, match=rf"short.npy: {N_ITEMS - 3} embedding rows for {N_ITEMS} items"):
+        _build("TIGER", toy_root, item_emb_file=str(path))
+
+
+def test_duplicate_item_ids_and_malformed_header(toy_root):
+    from diger.text import ItemTextError, read_item_table
+
+    dup = toy_root / "dup.item"
+    dup.write_text("item_id:token\ttitle:token_seq\ni1\tA\ni2\tB\ni1\tC\n")
+    with pytest.raises(ItemTextError, match=r"dup.item:4: duplicate item id 'i1'"):
+        read_item_table(dup, "item_id", ["title"])
+    bad = toy_root / "bad.item"
+    bad.write_text("item_id\ttitle:token_seq\ni1\tA\n")
+    with pytest.raises(ItemTextError, match=r"bad.item: malformed header column 'item_id'"):
+        read_item_table(bad, "item_id", ["title"])
+
+
+def test_suffix_overflow_is_an_error_not_a_clip(toy_root):
+    from diger.tokenizer import SemanticIDCollisionError
+
+    with pytest.raises(SemanticIDCollisionError, match="more than the suffix vocabulary"):
+        _build("TIGER", toy_root, code_levels=1, code_num=2, suffix_size=2)

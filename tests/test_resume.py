@@ -1,0 +1,55 @@
+"""Resume after SIGKILL gives the same final metrics as an uninterrupted run (issue #7)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from genrec_fixtures import small_config
+
+
+def _args(root, out, epochs):
+    cfg = small_config(root, output_dir=str(out), checkpoint_dir=str(out), epochs=epochs, stopping_step=10)
+    return [f"--{k}={json.dumps(v)}" for k, v in cfg.items()]
+
+
+@pytest.mark.parametrize("model", ["DIGER"])
+def test_sigkill_then_resume_matches_uninterrupted(toy_root, model):
+    from diger.quick_start import resume, run
+    from genrec_fixtures import small_config as sc
+
+    epochs = 4
+    full = run(model, "toy", None, sc(toy_root, output_dir=str(toy_root / "full"), epochs=epochs, stopping_step=10))
+
+    out = toy_root / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "diger.cli", "run", "--model", model, "--dataset", "toy",
+                             *_args(toy_root, out, epochs)], cwd=toy_root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    last = out / "last.pth"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "result.json").exists()
+    saved_epoch = torch.load(last, weights_only=True)["epoch"]
+    assert saved_epoch < epochs - 1
+
+    resumed = resume(str(out))
+    assert resumed["resumed_from"].endswith("last.pth")
+    assert resumed["test_result"] == full["test_result"]
+    assert resumed["best_valid_result"] == full["best_valid_result"]
+    assert [h["epoch"] for h in resumed["codebook"]["history"]] == [h["epoch"] for h in full["codebook"]["history"]]
+    assert resumed["codebook"]["final"]["hash"] == full["codebook"]["final"]["hash"]
+
+
+def test_resume_without_run_json_is_a_clear_error(toy_root):
+    from diger.quick_start import resume
+
+    with pytest.raises(FileNotFoundError, match="run.json not found"):
+        resume(str(toy_root / "nothing-here"))
