@@ -25,3 +25,8 @@ def test_quality_smoke():
 def test_ablations_smoke():
     out = _run("bench/ablations.py", "--smoke", "--arms", "ste", "sdud")
     assert "| ste |" in out and "| sdud |" in out and "test NDCG@10" in out
+
+
+def test_speed_soft_smoke():
+    out = _run("bench/speed_soft.py", "--smoke")
+    assert "ours, soft" in out and "HF generate" in out
