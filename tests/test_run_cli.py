@@ -32,6 +32,10 @@ def test_run_writes_result_and_evaluate_reproduces_it(toy_root, model, capsys):
         levels = result["codebook"]["final"]["levels"]
         assert len(levels) == 2 and all(lv["used"] >= 1 for lv in levels)
         assert [h["epoch"] for h in result["codebook"]["history"]] == [-1, 0]
+        assert main(["plot", str(out)]) == 0
+        for png in ("codebook_usage.png", "code_histogram.png"):
+            data = (out / png).read_bytes()
+            assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     ckpt = torch.load(result["checkpoint"], weights_only=True)  # plain data only
     assert "state_dict" in ckpt and isinstance(ckpt["config"], dict)
     capsys.readouterr()
