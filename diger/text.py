@@ -8,7 +8,6 @@ RecBole's internal item ids: row ``i`` belongs to ``dataset.field2id_token[ITEM_
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -39,35 +38,26 @@ def read_item_table(item_file: str | os.PathLike, id_field: str, text_fields: Se
         ItemTextError: when the file is missing, its header lacks ``id_field`` or a text field
             (the message names the file and the field), or an item id appears twice.
     """
+    from .data.atomic import read_atomic
+
     path = Path(item_file)
     if not path.is_file():
         raise ItemTextError(f"item text file not found: {path} (needed for the item text embeddings)")
-    with open(path, encoding="utf-8", newline="") as fh:
-        # Default quoting: values starting with '"' are CSV-quoted, as pandas (RecBole's reader) expects.
-        reader = csv.reader(fh, delimiter="\t")
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ItemTextError(f"{path}: empty file, expected a 'field:type' header") from None
-        names = []
-        for col in header:
-            if ":" not in col:
-                raise ItemTextError(f"{path}: malformed header column {col!r}; expected 'field:type'")
-            names.append(col.split(":", 1)[0])
-        for f in [id_field, *text_fields]:
-            if f not in names:
-                raise ItemTextError(f"{path}: text field {f!r} not in header {names}")
-        idx = {n: i for i, n in enumerate(names)}
-        table: Dict[str, Dict[str, str]] = {}
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) < len(names):
-                row = row + [""] * (len(names) - len(row))
-            tok = row[idx[id_field]]
-            if tok in table:
-                raise ItemTextError(f"{path}:{lineno}: duplicate item id {tok!r}")
-            table[tok] = {f: row[idx[f]].strip() for f in text_fields}
+    try:
+        fields, rows = read_atomic(path)  # the same quoting rules as pandas, RecBole's reader
+    except ValueError as exc:
+        raise ItemTextError(str(exc)) from exc
+    names = [name for name, _ in fields]
+    for f in [id_field, *text_fields]:
+        if f not in names:
+            raise ItemTextError(f"{path}: text field {f!r} not in header {names}")
+    idx = {n: i for i, n in enumerate(names)}
+    table: Dict[str, Dict[str, str]] = {}
+    for lineno, row in enumerate(rows, start=2):
+        tok = row[idx[id_field]]
+        if tok in table:
+            raise ItemTextError(f"{path}:{lineno}: duplicate item id {tok!r}")
+        table[tok] = {f: row[idx[f]].strip() for f in text_fields}
     return table
 
 

@@ -54,7 +54,7 @@ def test_duplicate_item_ids_and_malformed_header(toy_root):
         read_item_table(dup, "item_id", ["title"])
     bad = toy_root / "bad.item"
     bad.write_text("item_id\ttitle:token_seq\ni1\tA\n")
-    with pytest.raises(ItemTextError, match=r"bad.item: malformed header column 'item_id'"):
+    with pytest.raises(ItemTextError, match=r"bad.item: header entry .item_id. is not field:type"):
         read_item_table(bad, "item_id", ["title"])
 
 
