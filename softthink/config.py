@@ -108,9 +108,26 @@ class SoftGRPOConfig:
     gumbel_clamp: Optional[Tuple[float, float]] = _f((-1.5, 3.0), "clamp of the noise, rollout and loss")
     logp_eps: float = _f(1e-6, "epsilon in log(p + eps) of the perturbed logits")
     density_mask_threshold: float = _f(-3.0, "ids with log p_theta <= this are left out of the density")
-    density_reduce: str = _f("mean", "'mean' (paper) or 'sum' over the kept ids")
+    density_reduce: str = _f("mean", "'mean' (paper) or 'sum' over the kept ids (embedding_gaussian: over the "
+                             "embedding dimensions)")
     renorm_support: str = _f("topk", "'topk' (paper: renormalise over the K ids) or 'rollout_support'")
     detach_input_embeds: bool = _f(True, "detach the replayed input embeddings (paper parity)")
+    soft_noise: str = _f("gumbel", "noise variant (softthink/noise.py): 'gumbel' (SofT-GRPO), 'dirichlet', "
+                         "'gaussian' (top-K ablations), 'embedding_gaussian' (Butt et al. 2025), 'none' (plain "
+                         "Soft Thinking, inference only)")
+    dirichlet_alpha: float = _f(1.0, "'dirichlet': concentration alpha * p~ (official ablation alpha = 1)")
+    gaussian_sigma: float = _f(0.05, "'gaussian': std of the noise on the top-K probabilities (official 0.05)")
+    embed_noise_std: float = _f(0.5, "'embedding_gaussian': noise std as a multiple of the embedding RMS "
+                                "(Butt et al. set sigma relative to the embedding norm; value unverified)")
+    cold_stop_entropy: float = _f(0.0, "Cold Stop: entropy threshold (nats) of the thinking distribution; 0 = off")
+    cold_stop_steps: int = _f(256, "Cold Stop: end thinking after this many consecutive low-entropy steps")
+
+    # --- adapters (peft; TRL ModelConfig names) --------------------------------------------------------
+    use_peft: bool = _f(False, "wrap the policy in a LoRA adapter (peft); only the adapter is trained and saved")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout (0 keeps rollout and replay deterministic)")
+    lora_target_modules: Optional[List[str]] = _f(None, "module names for LoRA (None = 'all-linear')")
 
     # --- think boundary (SofT-GRPO-method.md §3.5, §10) ----------------------------------------------
     think_end: str = _f("</think>", "end-of-thinking marker (a single token, or a string with a budget)")
@@ -188,6 +205,19 @@ class SoftGRPOConfig:
             raise bad("density_reduce", "expected 'mean' or 'sum'")
         if self.renorm_support not in ("topk", "rollout_support"):
             raise bad("renorm_support", "expected 'topk' or 'rollout_support'")
+        if self.soft_noise not in ("gumbel", "dirichlet", "gaussian", "embedding_gaussian", "none"):
+            raise bad("soft_noise", "expected 'gumbel', 'dirichlet', 'gaussian', 'embedding_gaussian' or 'none'")
+        for name in ("dirichlet_alpha", "gaussian_sigma", "embed_noise_std"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+        if self.cold_stop_entropy < 0:
+            raise bad("cold_stop_entropy", "must be >= 0 (0 disables Cold Stop)")
+        if self.cold_stop_steps < 1:
+            raise bad("cold_stop_steps", "must be >= 1")
+        if self.lora_r < 1:
+            raise bad("lora_r", "must be >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise bad("lora_dropout", "must be in [0, 1)")
         if self.think_end_match not in ("auto", "string", "last_subtoken"):
             raise bad("think_end_match", "expected 'auto', 'string' or 'last_subtoken'")
         if self.max_think_tokens is not None and self.max_think_tokens < 1:

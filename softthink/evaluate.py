@@ -19,7 +19,7 @@ from .rewards import get_reward_funcs
 from .rollout import SoftRollout
 from .trainer import _is_conversational, atomic_write_text, decode_completions, tokenize_prompts
 
-__all__ = ["pass_at_k", "pass_at_k_binomial", "mode_config", "evaluate_model"]
+__all__ = ["pass_at_k", "pass_at_k_binomial", "mode_config", "evaluate_model", "INFERENCE_MODES", "write_eval"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -49,27 +49,80 @@ def pass_at_k_binomial(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def mode_config(cfg: SoftGRPOConfig, mode: str) -> SoftGRPOConfig:
-    """The config for inference ``mode``: ``"soft"`` (Gumbel soft thinking) or ``"discrete"`` (ordinary sampling
-    with the same think boundary, budget and answer prefix).
+#: Inference modes of ``softthink eval`` and the config fields each one sets (SofT-GRPO-method.md §2.1, §2.2, §7,
+#: §8). ``"discrete"`` and ``"soft"`` keep the run's own sampling settings (the training distribution).
+INFERENCE_MODES: Dict[str, Dict[str, Any]] = {
+    # ordinary token sampling, same think boundary / budget / answer prefix as the run
+    "discrete": {"soft_thinking": False},
+    # the run's own soft thinking (its noise variant and settings)
+    "soft": {"soft_thinking": True},
+    # plain Soft Thinking (Zhang et al. 2025): probability-weighted top-K embeddings, no noise, Cold Stop
+    "soft_thinking": {"soft_thinking": True, "soft_noise": "none"},
+    # Gumbel soft thinking, the paper's "no-finetune soft" / "GRPO soft" baseline (tau_g 0.5, K = top-k 30, T 0.6)
+    "gumbel_soft": {"soft_thinking": True, "soft_noise": "gumbel", "gumbel_tau": 0.5, "soft_top_k": 30, "top_k": 30,
+                    "top_p": 0.95, "temperature": 0.6, "after_thinking_temperature": 0.6,
+                    "after_thinking_top_k": 30, "after_thinking_top_p": 0.95, "noise_scale": 1.0},
+    # SofT-GRPO's own evaluation setting (tau_g 0.1, K = top-k 5, top-p 0.95, T 1.0)
+    "softgrpo": {"soft_thinking": True, "soft_noise": "gumbel", "gumbel_tau": 0.1, "soft_top_k": 5, "top_k": 5,
+                 "top_p": 0.95, "temperature": 1.0, "after_thinking_temperature": 1.0, "after_thinking_top_k": 5,
+                 "after_thinking_top_p": 0.95, "noise_scale": 1.0},
+}
+
+#: Default Cold Stop threshold of the ``"soft_thinking"`` mode when the config has Cold Stop off (Soft Thinking's
+#: example value ``early_stopping_entropy_threshold=0.01``).
+DEFAULT_COLD_STOP_ENTROPY = 0.01
+
+#: Fields written into ``eval.json["settings"]``.
+SETTINGS_FIELDS = (
+    "soft_thinking", "discrete_think", "soft_noise", "temperature", "top_k", "top_p", "min_p",
+    "after_thinking_temperature", "after_thinking_top_k", "after_thinking_top_p", "after_thinking_min_p",
+    "soft_top_k", "gumbel_tau", "noise_scale", "gumbel_clamp", "dirichlet_alpha", "gaussian_sigma",
+    "embed_noise_std", "cold_stop_entropy", "cold_stop_steps", "think_end", "answer_prefix", "max_think_tokens",
+    "max_completion_length", "dataset_name", "reward_funcs",
+)
+
+
+def mode_config(cfg: SoftGRPOConfig, mode: str, *, cold_stop_entropy: Optional[float] = None,
+                cold_stop_steps: Optional[int] = None) -> SoftGRPOConfig:
+    """The config of inference ``mode`` (one of :data:`INFERENCE_MODES`; SofT-GRPO-method.md §8).
+
+    Every mode keeps the run's think boundary, thinking budget and answer prefix. Cold Stop (thinking ends after
+    ``cold_stop_steps`` consecutive steps whose filtered-distribution entropy is below ``cold_stop_entropy``
+    nats) is on in ``"soft_thinking"`` (default threshold :data:`DEFAULT_COLD_STOP_ENTROPY` when the config has
+    it off) and off (0) in the other modes unless ``cold_stop_entropy`` is given.
 
     Raises:
-        ValueError: on an unknown mode.
+        ValueError: on an unknown mode, or invalid Cold Stop values (from the config validation).
     """
-    if mode == "soft":
-        return dataclasses.replace(cfg, soft_thinking=True)
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"mode must be one of {sorted(INFERENCE_MODES)}, got {mode!r}")
+    over = dict(INFERENCE_MODES[mode])
     if mode == "discrete":
-        return dataclasses.replace(cfg, soft_thinking=False, discrete_think=cfg.use_thinking)
-    raise ValueError(f"mode must be 'soft' or 'discrete', got {mode!r}")
+        over["discrete_think"] = cfg.use_thinking
+    if cfg.use_thinking or over.get("soft_thinking"):
+        if mode == "soft_thinking":
+            over["cold_stop_entropy"] = cfg.cold_stop_entropy or DEFAULT_COLD_STOP_ENTROPY
+        else:
+            over["cold_stop_entropy"] = 0.0 if mode != "soft" else cfg.cold_stop_entropy
+    if cold_stop_entropy is not None:
+        over["cold_stop_entropy"] = float(cold_stop_entropy)
+    if cold_stop_steps is not None:
+        over["cold_stop_steps"] = int(cold_stop_steps)
+    return dataclasses.replace(cfg, **over)
 
 
 def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str, num_samples: int,
-                   ks: Sequence[int], batch_size: int = 32, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+                   ks: Sequence[int], batch_size: int = 32, seed: int = 0, progress: bool = True,
+                   cold_stop_entropy: Optional[float] = None, cold_stop_steps: Optional[int] = None,
+                   eos_token_ids: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Sample ``num_samples`` completions per problem and score them.
 
     Args:
         dataset: rows with ``prompt`` and the reward's columns (``answer`` / ``entry``).
-        mode: ``"soft"`` or ``"discrete"`` (:func:`mode_config`).
+        mode: one of :data:`INFERENCE_MODES` (:func:`mode_config`); its settings are recorded in
+            ``result["settings"]``.
+        cold_stop_entropy, cold_stop_steps: Cold Stop overrides (see :func:`mode_config`).
+        eos_token_ids: forwarded to :class:`~softthink.rollout.SoftRollout`.
         ks: the k values of pass@k; each must be ``<= num_samples``.
         batch_size: completions generated per rollout batch (rounded down to a multiple of ``num_samples``
             when larger).
@@ -89,14 +142,16 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
     rows = [dict(r) for r in dataset]
     if not rows:
         raise ValueError("evaluation dataset is empty")
-    mcfg = mode_config(cfg, mode)
+    mcfg = mode_config(cfg, mode, cold_stop_entropy=cold_stop_entropy, cold_stop_steps=cold_stop_steps)
     reward = get_reward_funcs(mcfg.reward_funcs[:1])[0]
     device = next(model.parameters()).device
-    roll = SoftRollout(model, tokenizer, mcfg)
+    roll = SoftRollout(model, tokenizer, mcfg, eos_token_ids=eos_token_ids)
     gen = torch.Generator(device=device).manual_seed(seed)
     per_batch = max(1, batch_size // num_samples)
     counts: List[int] = []
     lengths: List[float] = []
+    think_lens: List[float] = []
+    n_cold = 0
     examples: List[Dict[str, Any]] = []
     t0 = time.time()
     from tqdm.auto import tqdm
@@ -113,6 +168,8 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
         vals = reward(prompts=[r["prompt"] for r in rep], completions=comps, think_end=mcfg.think_end, **cols)
         ok = [v is not None and v >= 1.0 - 1e-9 for v in vals]
         lengths.extend(traj.resp_mask.sum(1).float().tolist())
+        think_lens.extend(traj.think_len.float().tolist())
+        n_cold += int(traj.cold_stopped.sum())
         for j in range(len(chunk)):
             counts.append(int(sum(ok[j * num_samples : (j + 1) * num_samples])))
             if len(examples) < 5:
@@ -134,12 +191,10 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
         "estimator": "unbiased (Chen et al. 2021)",
         "correct_counts": counts,
         "completions/mean_length": sum(lengths) / len(lengths),
+        "think/mean_length": sum(think_lens) / len(think_lens),
+        "think/cold_stop_rate": n_cold / len(think_lens),
         "seconds": time.time() - t0,
-        "settings": {k: getattr(mcfg, k) for k in (
-            "soft_thinking", "discrete_think", "temperature", "top_k", "top_p", "after_thinking_temperature",
-            "after_thinking_top_k", "after_thinking_top_p", "soft_top_k", "gumbel_tau", "noise_scale",
-            "think_end", "answer_prefix", "max_think_tokens", "max_completion_length", "dataset_name",
-            "reward_funcs")},
+        "settings": {"mode": mode, "seed": seed, **{k: getattr(mcfg, k) for k in SETTINGS_FIELDS}},
         "examples": examples,
     })
     return res

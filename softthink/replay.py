@@ -1,10 +1,10 @@
 """Replay: per-position log-likelihood of a stored trajectory in one forward pass (SofT-GRPO-method.md §4, §11.5).
 
 The same function gives the old, reference and new likelihoods (call it under ``torch.no_grad()`` for the first
-two). Soft steps are scored with the Gumbel density of the recovered noise over the stored ids
-(:func:`softthink.sampling.soft_token_loglik`); discrete steps with the ordinary token log-prob. No
-``[B, L, V]`` log-softmax is built: the log-normaliser is computed in chunks over ``L`` and only the ``K + 1``
-needed logits are gathered.
+two). Soft steps are scored with the density of the configured noise variant over the stored ids
+(:mod:`softthink.noise`; Gumbel by default: :func:`softthink.sampling.soft_token_loglik`); discrete steps with
+the ordinary token log-prob. No ``[B, L, V]`` log-softmax is built: the log-normaliser is computed in chunks
+over ``L`` and only the ``K + 1`` needed logits are gathered.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from .config import SoftGRPOConfig
 from .rollout import Trajectory, call_model, prompt_positions
-from .sampling import mix_embeddings, soft_token_loglik
+from .noise import make_noise
+from .sampling import mix_embeddings
 
 __all__ = ["build_replay_inputs", "replay_loglik"]
 
@@ -24,7 +25,9 @@ def build_replay_inputs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
                         cfg: SoftGRPOConfig):
     """Input embeddings, attention mask and positions that reproduce the rollout (SofT-GRPO-method.md §11.5).
 
-    The response's last position is not fed (its logits are never needed).
+    The response's last position is not fed (its logits are never needed). Soft positions get exactly the
+    rollout's inputs for every noise variant: ``mix(ids, noise.weights(y))`` (+ the recorded embedding noise
+    for ``soft_noise="embedding_gaussian"``), SofT-GRPO-method.md §10 "Ablation input mismatch".
 
     Returns:
         ``(inputs_embeds [B, P+L-1, D], attention_mask [B, P+L-1], position_ids [B, P+L-1])``.
@@ -35,9 +38,11 @@ def build_replay_inputs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     e_prompt = embed(prompt_ids)
     e_tok = embed(resp_tok)
     if bool(traj.is_soft[:, : L - 1].any()):
-        # Rebuild exactly the rollout's weights: w = softmax(y / tau_g) from the stored (sorted) y.
-        w = F.softmax(traj.y[:, : L - 1] / cfg.gumbel_tau, dim=-1)
+        # Rebuild exactly the rollout's weights from the stored (sorted) record, e.g. softmax(y / tau_g).
+        w = make_noise(cfg).weights(traj.y[:, : L - 1])
         e_mix = mix_embeddings(embed, traj.ids[:, : L - 1], w)
+        if traj.emb_noise.shape[-1]:
+            e_mix = e_mix + traj.emb_noise[:, : L - 1].to(e_mix.dtype)
         e_resp = torch.where(traj.is_soft[:, : L - 1, None], e_mix, e_tok)
     else:
         e_resp = e_tok
@@ -75,10 +80,14 @@ def replay_loglik(
         ``(ell, entropy)``; ``ell`` is float32, differentiable w.r.t. the model's parameters, and 0 where
         ``traj.resp_mask`` is 0. ``entropy`` is None unless requested.
     Raises:
-        ValueError: if the trajectory has soft steps and ``cfg.noise_scale <= 0`` (no density exists).
+        ValueError: if the trajectory has soft steps and the noise has no density (``soft_noise="none"``, or
+            Gumbel with ``noise_scale <= 0``).
     """
-    if cfg.noise_scale <= 0 and bool(traj.is_soft.any()):
-        raise ValueError("replay_loglik: soft steps need noise_scale > 0 (a noiseless soft token has no density)")
+    noise = make_noise(cfg)
+    if bool(traj.is_soft.any()) and (not noise.has_density or (noise.name == "gumbel" and cfg.noise_scale <= 0)):
+        raise ValueError(f"replay_loglik: soft steps need a noise density (soft_noise={cfg.soft_noise!r}, "
+                         f"noise_scale={cfg.noise_scale}); a noiseless soft token has none")
+    embed = model.get_input_embeddings()
     B, L = traj.tok.shape
     x, attn, pos = build_replay_inputs(model, prompt_ids, prompt_mask, traj, cfg)
     logits, _ = call_model(model, inputs_embeds=x, attention_mask=attn, position_ids=pos, use_cache=False,
@@ -92,10 +101,11 @@ def replay_loglik(
         lp_tok = lg.gather(-1, traj.tok[:, sl, None]).squeeze(-1) - lse
         is_soft = traj.is_soft[:, sl]
         if bool(is_soft.any()):
-            ell_soft = soft_token_loglik(
-                lg.gather(-1, traj.ids[:, sl]), traj.y[:, sl], traj.support[:, sl], clamp=cfg.gumbel_clamp,
-                eps=cfg.logp_eps, mask_threshold=cfg.density_mask_threshold, noise_scale=cfg.noise_scale,
-                reduce=cfg.density_reduce, renorm_support=cfg.renorm_support,
+            emb = traj.emb_noise[:, sl]
+            ell_soft = noise.loglik(
+                lg.gather(-1, traj.ids[:, sl]), traj.y[:, sl], traj.support[:, sl],
+                e_ids=embed(traj.ids[:, sl]).detach() if emb.shape[-1] else None, emb_noise=emb,
+                sigma=traj.emb_sigma[:, None],
             )
             ell = torch.where(is_soft, ell_soft, lp_tok)
         else:

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import SoftGRPOConfig
-from .sampling import filter_distribution, filter_sparse, gumbel_soft_token, mix_embeddings, soft_token_loglik
+from .noise import embedding_rms, make_noise
+from .sampling import filter_distribution, filter_sparse, mix_embeddings
 
 __all__ = ["Trajectory", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions"]
 
@@ -51,6 +52,10 @@ class Trajectory:
         think_ended: ``[B]`` bool; the thinking phase ended by the marker or the budget.
         budget_hit: ``[B]`` bool; thinking ended because ``max_think_tokens`` ran out.
         eos: ``[B]`` bool; the completion ended with an EOS token (False = clipped at max length).
+        emb_noise: ``[B, L, D]`` float32 additive input-embedding noise of soft steps (``soft_noise=
+            "embedding_gaussian"``; zeros elsewhere), ``[B, L, 0]`` for the other variants.
+        emb_sigma: ``[B]`` float32 std of that noise (0 when unused).
+        cold_stopped: ``[B]`` bool; thinking ended by Cold Stop (``cold_stop_steps`` low-entropy steps).
     """
 
     tok: torch.Tensor
@@ -67,6 +72,9 @@ class Trajectory:
     think_ended: torch.Tensor
     budget_hit: torch.Tensor
     eos: torch.Tensor
+    emb_noise: torch.Tensor
+    emb_sigma: torch.Tensor
+    cold_stopped: torch.Tensor
 
     @property
     def loss_mask(self) -> torch.Tensor:
@@ -119,6 +127,8 @@ _SIG_CACHE: dict = {}
 
 
 def _accepts(model, name: str) -> bool:
+    if hasattr(model, "get_base_model"):  # a peft wrapper forwards **kwargs to the base model
+        model = model.get_base_model()
     key = (type(model), name)
     if key not in _SIG_CACHE:
         params = inspect.signature(model.forward).parameters
@@ -169,6 +179,9 @@ class SoftRollout:
     def __init__(self, model, tokenizer, cfg: SoftGRPOConfig, eos_token_ids: Optional[Sequence[int]] = None):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.think = resolve_think_end(tokenizer, cfg) if cfg.use_thinking else None
+        self.noise = make_noise(cfg)
+        # embedding-noise std in absolute units, fixed at construction (recorded in every trajectory)
+        self.emb_sigma = (cfg.embed_noise_std * embedding_rms(model)) if self.noise.embedding_noise else 0.0
         if eos_token_ids is None:
             eos = set()
             if tokenizer.eos_token_id is not None:
@@ -240,9 +253,15 @@ class SoftRollout:
         qtab = torch.tensor([q + [0] * (qmax - len(q)) for q in queues], device=device)
         force_kind = torch.zeros(B, dtype=torch.long, device=device)
         think_text_ids: List[List[int]] = [[] for _ in range(B)]
+        noise = self.noise
+        D = embed.weight.shape[-1] if noise.embedding_noise else 0
+        sigma = torch.full((B,), float(self.emb_sigma), device=device)
+        cold_on = use_think and cfg.cold_stop_entropy > 0
+        low_run = torch.zeros(B, dtype=torch.long, device=device)
+        cold_stopped = torch.zeros(B, dtype=torch.bool, device=device)
         Ta, T = cfg.after_thinking_temperature, cfg.temperature
 
-        rec = {k: [] for k in ("tok", "ids", "y", "support", "is_soft", "forced", "answer", "live", "ell", "went")}
+        rec = {k: [] for k in ("tok", "ids", "y", "support", "is_soft", "forced", "answer", "live", "ell", "went", "en")}
         for step in range(max_new):
             lg = logits[:, -1].float()
             if logits_hook is not None:
@@ -256,8 +275,7 @@ class SoftRollout:
             if cfg.soft_thinking:
                 if K > v_th.shape[-1]:  # mixture wider than the top-k filter: take the K best of the full V
                     v_th, i_th = filter_distribution(lg, T, cfg.top_k, cfg.top_p, cfg.min_p).topk(K, dim=-1)
-                st = gumbel_soft_token(v_th, K, cfg.gumbel_tau, cfg.noise_scale, cfg.gumbel_clamp,
-                                       cfg.logp_eps, generator)
+                st = noise.sample(v_th, K, generator)
                 st.ids = i_th.gather(-1, st.ids)
                 think_tok = st.ids[:, 0]
             else:
@@ -290,17 +308,18 @@ class SoftRollout:
                 support = torch.where(soft_now[:, None], st.support, onehot_w.bool())
             else:
                 ids, y, w, support = ids1.clone(), torch.zeros(B, K, device=device), onehot_w, onehot_w.bool()
+            en = noise.embed_noise((B, D), self.emb_sigma, generator, device) if (cfg.soft_thinking and D) \
+                else torch.zeros(B, D, device=device)
+            en = en * soft_now[:, None]
 
             # Rollout-side log-likelihood from this step's logits (diagnostic; must equal the replay).
             temp = torch.where(answer_now, torch.full_like(lg[:, 0], Ta), torch.full_like(lg[:, 0], T))
             scaled = lg / temp[:, None]
             lp_tok = scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1)
-            if cfg.soft_thinking and cfg.noise_scale > 0:
-                ell_soft = soft_token_loglik(
-                    scaled.gather(-1, ids), y, support, clamp=cfg.gumbel_clamp, eps=cfg.logp_eps,
-                    mask_threshold=cfg.density_mask_threshold, noise_scale=cfg.noise_scale,
-                    reduce=cfg.density_reduce, renorm_support=cfg.renorm_support,
-                )
+            has_density = noise.has_density and not (noise.name == "gumbel" and cfg.noise_scale <= 0)
+            if cfg.soft_thinking and has_density:
+                ell_soft = noise.loglik(scaled.gather(-1, ids), y, support, e_ids=embed(ids) if D else None,
+                                        emb_noise=en, sigma=sigma)
                 ell = torch.where(soft_now, ell_soft, lp_tok)
             elif cfg.soft_thinking:  # noiseless soft tokens have no density
                 ell = torch.where(soft_now, torch.full_like(lp_tok, float("nan")), lp_tok)
@@ -311,7 +330,7 @@ class SoftRollout:
             live = ~done
             for k_, v_ in (("tok", tok), ("ids", ids), ("y", y), ("support", support), ("is_soft", soft_now),
                            ("forced", forcing), ("answer", answer_now), ("live", live), ("ell", ell),
-                           ("went", went)):
+                           ("went", went), ("en", en)):
                 rec[k_].append(v_)
 
             # State updates.
@@ -331,11 +350,28 @@ class SoftRollout:
                 force_pos = torch.where(over, torch.zeros_like(force_pos), force_pos)
                 force_kind = torch.where(over, torch.zeros_like(force_kind), force_kind)
                 budget_hit |= over & live
+            if cold_on:
+                # Cold Stop: count consecutive thinking steps whose filtered distribution has low entropy; after
+                # cold_stop_steps of them the marker is fed as forced tokens from the next step.
+                pth = v_th / v_th.sum(-1, keepdim=True)
+                ent = -(pth * pth.clamp_min(1e-30).log()).sum(-1)
+                step_think = in_think & ~ended & live
+                low_run = torch.where(step_think, torch.where(ent < cfg.cold_stop_entropy, low_run + 1,
+                                                              torch.zeros_like(low_run)), low_run)
+                cold = step_think & ~eos_now & (low_run >= cfg.cold_stop_steps) & (force_pos < 0)
+                if use_think and think.budget is not None:
+                    cold = cold & ~(think_len >= think.budget)  # the budget rule already fires this step
+                force_pos = torch.where(cold, torch.zeros_like(force_pos), force_pos)
+                force_kind = torch.where(cold, torch.zeros_like(force_kind), force_kind)
+                cold_stopped |= cold
             think_ended |= leave & live & thinking
             thinking = thinking & ~leave
             done = done | eos_now
 
-            emb = mix_embeddings(embed, ids, w).unsqueeze(1)
+            emb = mix_embeddings(embed, ids, w)
+            if D:
+                emb = emb + en.to(emb.dtype)
+            emb = emb.unsqueeze(1)
             attn = torch.cat([attn, live.long()[:, None]], dim=1)
             last_pos = last_pos + 1
             if bool(done.all()) or step == max_new - 1:
@@ -350,5 +386,5 @@ class SoftRollout:
             tok=st_("tok"), ids=st_("ids"), y=st_("y").float(), support=st_("support"), is_soft=st_("is_soft") & live,
             forced=st_("forced") & live, answer_phase=st_("answer"), resp_mask=live, rollout_ell=st_("ell") * live,
             weight_entropy=st_("went") * live, think_len=think_len, think_ended=think_ended, budget_hit=budget_hit,
-            eos=done.clone(),
+            eos=done.clone(), emb_noise=st_("en") * live[..., None], emb_sigma=sigma, cold_stopped=cold_stopped,
         )

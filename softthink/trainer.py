@@ -29,7 +29,8 @@ from .rollout import SoftRollout, Trajectory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SoftGRPOTrainer", "tokenize_prompts", "decode_completions", "atomic_write_text"]
+__all__ = ["SoftGRPOTrainer", "tokenize_prompts", "decode_completions", "atomic_write_text",
+           "lora_config_from_args"]
 
 RewardFunc = Callable[..., List[Optional[float]]]
 
@@ -46,6 +47,17 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def lora_config_from_args(args: SoftGRPOConfig):
+    """``peft.LoraConfig`` from the ``lora_*`` fields (TRL ``ModelConfig`` names; task type CAUSAL_LM).
+
+    ``lora_target_modules=None`` targets every linear layer except the output head (peft's ``"all-linear"``).
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=args.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
 
 
 def _is_conversational(prompt: Any) -> bool:
@@ -109,17 +121,31 @@ class SoftGRPOTrainer:
             ``prompts``, ``completions`` (message lists when prompts are chat messages, else strings),
             ``completion_ids``, ``think_end`` and every other dataset column as keyword arguments, and return
             one ``float | None`` per completion (None = not applicable; the weighted sum is nan-aware).
-        ref_model: frozen reference for the KL term; default a deep copy of ``model`` when ``beta > 0``.
+        ref_model: frozen reference for the KL term; default a deep copy of ``model`` when ``beta > 0`` (with an
+            adapter: the same model with the adapter disabled, as TRL does).
+        peft_config: a ``peft.PeftConfig`` (e.g. ``LoraConfig``) wrapping ``model`` with ``peft.get_peft_model``
+            (TRL's argument); default: a ``LoraConfig`` from the ``use_peft``/``lora_*`` fields when
+            ``args.use_peft``. Only adapter weights are trained, and :meth:`save_model` saves only the adapter.
     Raises:
         ValueError: on a dataset without ``prompt``, too few prompts, or soft thinking with ``noise_scale == 0``.
     """
 
     def __init__(self, model, tokenizer, args: SoftGRPOConfig, train_dataset,
-                 reward_funcs: Optional[Sequence[Union[str, RewardFunc]]] = None, ref_model=None):
+                 reward_funcs: Optional[Sequence[Union[str, RewardFunc]]] = None, ref_model=None, peft_config=None):
+        if peft_config is None and args.use_peft:
+            peft_config = lora_config_from_args(args)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
         self.model, self.tokenizer, self.args = model, tokenizer, args
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        if args.soft_thinking and args.noise_scale <= 0:
+        if args.soft_thinking and args.soft_noise == "none":
+            raise ValueError("SoftGRPOConfig.soft_noise='none' (plain Soft Thinking) has no density and cannot be "
+                             "trained; choose 'gumbel', 'dirichlet', 'gaussian' or 'embedding_gaussian'")
+        if args.soft_thinking and args.soft_noise == "gumbel" and args.noise_scale <= 0:
             raise ValueError("SoftGRPOConfig.noise_scale must be > 0 for SofT-GRPO training (the soft-token "
                              "likelihood is the Gumbel density of the noise)")
         self.rows = self._rows(train_dataset)
@@ -140,9 +166,13 @@ class SoftGRPOTrainer:
         self._order: List[int] = []
         self.rollout = SoftRollout(model, tokenizer, args)
         self.ref_model = None
+        self._ref_is_base = False
         if args.beta > 0:
-            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
-            self.ref_model.eval().requires_grad_(False)
+            if ref_model is None and self.is_peft:
+                self._ref_is_base = True  # reference = the policy with its adapter disabled (no copy)
+            else:
+                self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
+                self.ref_model.eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                            weight_decay=args.weight_decay)
@@ -243,6 +273,9 @@ class SoftGRPOTrainer:
                     ell_old[sl.start] = replay_loglik(model, p, pm, t, args)[0]
                 if self.ref_model is not None:
                     ell_ref[sl.start] = replay_loglik(self.ref_model, p, pm, t, args)[0]
+                elif self._ref_is_base:
+                    with model.disable_adapter():
+                        ell_ref[sl.start] = replay_loglik(model, p, pm, t, args)[0]
 
         model.train()
         acc: Dict[str, List[float]] = {}
@@ -330,7 +363,8 @@ class SoftGRPOTrainer:
     # ------------------------------------------------------------------------------------------------
     def save_model(self, path: Optional[Union[str, Path]] = None) -> Path:
         """``save_pretrained`` the policy and tokenizer into ``path`` (default ``<output_dir>/model``), atomically,
-        with the run config as ``softthink_config.yaml`` next to the weights."""
+        with the run config as ``softthink_config.yaml`` next to the weights. With an adapter only the adapter
+        (``adapter_config.json`` + ``adapter_model.safetensors``) is written; it names its base model."""
         import yaml
 
         path = Path(path or Path(self.args.output_dir) / "model")
