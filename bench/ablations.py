@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table, toy_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ["ste", "det_softmax_st", "gumbel", "frqud", "sdud", "sdud_frqud", "historical_frqud"]
+ARMS = ["ste", "det_softmax_st", "gumbel", "frqud", "sdud", "sdud_frqud", "historical_frqud", "frqud_normalized",
+        "gumbel_normalized"]
 
 
 def main() -> None:

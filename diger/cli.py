@@ -90,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for f in plot_run(args.run_dir):
                 print(f)
             return 0
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
         print(f"diger: error: {exc}", file=sys.stderr)
         return 2
     return 0

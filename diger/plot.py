@@ -40,9 +40,14 @@ def plot_run(run_dir: str) -> List[str]:
         axes[0].plot(epochs, [h["levels"][lvl]["used"] for h in history], marker="o", label=f"level {lvl + 1}")
         axes[1].plot(epochs, [h["levels"][lvl]["perplexity"] for h in history], marker="o", label=f"level {lvl + 1}")
     axes[2].plot(epochs, [h.get("changed_frac", 0.0) for h in history], marker="o", color="k")
-    axes[0].set(title="used codes", xlabel="epoch (0 = after pre-training)", ylabel=f"codes used (of {k})")
-    axes[1].set(title="usage perplexity", xlabel="epoch", ylabel="exp(entropy)")
-    axes[2].set(title="items whose semantic ID changed", xlabel="epoch", ylabel="share of items")
+    from matplotlib.ticker import MaxNLocator
+
+    xlabel = "epochs trained (0 = after pre-training)"  # log line "epoch e" is x = e + 1
+    axes[0].set(title="used codes", xlabel=xlabel, ylabel=f"codes used (of {k})")
+    axes[1].set(title="usage perplexity", xlabel=xlabel, ylabel="exp(entropy)")
+    axes[2].set(title="items whose semantic ID changed", xlabel=xlabel, ylabel="share of items")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend()
     fig.suptitle(label)
     fig.tight_layout()

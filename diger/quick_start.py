@@ -123,11 +123,7 @@ def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file
     out_dir = _output_dir(config)
     if not (config_dict or {}).get("checkpoint_dir") and "checkpoint_dir" not in _file_keys(config_file_list):
         config["checkpoint_dir"] = str(out_dir)
-    _write_json(out_dir / "run.json", {
-        "model": config["model"], "dataset": config["dataset"], "checkpoint_dir": str(config["checkpoint_dir"]),
-        "run_config": compat.to_plain({**config.external_config_dict, "output_dir": str(out_dir),
-                                       "checkpoint_dir": str(config["checkpoint_dir"])}),
-    })
+    config["checkpoint_dir"] = os.path.abspath(config["checkpoint_dir"])
     return _execute(config, resolve_model(model), out_dir, saved, start)
 
 
@@ -168,6 +164,12 @@ def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resu
     trainer = trainer_class(model_class)(config, net)
     if resume_file:
         trainer.resume_last(resume_file, train_data)
+    else:  # written once the model is built, so a bad config leaves no run folder behind
+        _write_json(out_dir / "run.json", {
+            "model": config["model"], "dataset": config["dataset"], "checkpoint_dir": str(config["checkpoint_dir"]),
+            "run_config": compat.to_plain({**config.external_config_dict, "output_dir": str(out_dir.resolve()),
+                                           "checkpoint_dir": str(config["checkpoint_dir"])}),
+        })
     show = bool(config["show_progress"])
     best_score, best_valid = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)

@@ -197,13 +197,16 @@ def item_text_embeddings(config, dataset) -> np.ndarray:
     emb_file = config["item_emb_file"] if "item_emb_file" in config else None
     if emb_file:
         arr = np.load(emb_file, allow_pickle=False).astype(np.float32)
+        if arr.ndim != 2:
+            raise ValueError(f"{emb_file}: item embeddings must be a 2-D [n_items, D] array, got shape {arr.shape}")
+        file_rows_offset = 1 if arr.shape[0] == len(tokens) - 1 else 0  # report rows as they are in the file
         if arr.shape[0] == len(tokens) - 1:
             arr = np.concatenate([np.zeros((1, arr.shape[1]), np.float32), arr])
         if arr.ndim != 2 or arr.shape[0] != len(tokens):
             raise ValueError(f"{emb_file}: {arr.shape[0]} embedding rows for {len(tokens) - 1} items")
         if not np.isfinite(arr).all():
-            bad = np.where(~np.isfinite(arr).all(1))[0][:10]
-            raise ValueError(f"{emb_file}: non-finite values in rows {bad.tolist()}")
+            bad = np.where(~np.isfinite(arr).all(1))[0][:10] - file_rows_offset
+            raise ValueError(f"{emb_file}: non-finite values in rows {bad.tolist()} (0-based rows of the file)")
         return arr
     fields = config["text_fields"] if "text_fields" in config else None
     if not fields:

@@ -155,6 +155,12 @@ class SafeCheckpointTrainer(Trainer):
         self.logger.info(f"resumed from {path}: continuing at epoch {self.start_epoch}")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.start_epoch > 0 and (self.start_epoch >= self.epochs or self.cur_step > self.stopping_step):
+            # A resumed run that had already finished (or early-stopped): nothing to train, and RecBole's
+            # fit would overwrite the best checkpoint with the last weights.
+            self.logger.info("resumed run had finished training; evaluating its best checkpoint")
+            return self.best_valid_score, self.best_valid_result
+
         def on_evaluated(epoch_idx, valid_score):
             if saved:
                 self._save_last(epoch_idx, train_data)

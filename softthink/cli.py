@@ -96,6 +96,8 @@ def cmd_eval(a) -> int:
     for k in ks:
         if k > a.num_samples:
             raise SystemExit(f"--k {k} > --num-samples {a.num_samples}: pass@k needs k <= n")
+        if k < 1:
+            raise SystemExit(f"--k values must be >= 1, got {k}")
     model, tok = load_model_and_tokenizer(model_path, trust_remote_code=a.trust_remote_code)
     model.eval()
     _, eval_ds = make_train_eval_datasets(cfg)
@@ -161,7 +163,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     if getattr(a, "num_samples", 1) is not None and getattr(a, "num_samples", 1) < 1:
         raise SystemExit("--num-samples must be >= 1")
-    return int(a.func(a) or 0)
+    try:
+        return int(a.func(a) or 0)
+    except (ValueError, FileNotFoundError, TypeError) as exc:  # bad config, path or value: one clear line
+        print(f"softthink: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

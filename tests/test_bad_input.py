@@ -34,7 +34,7 @@ def test_nan_in_item_embeddings_names_the_rows(toy_root):
     emb[3, 2] = np.nan
     path = toy_root / "nan.npy"
     np.save(path, emb)
-    with pytest.raises(ValueError, match=r"nan.npy: non-finite values in rows \[4\]"):
+    with pytest.raises(ValueError, match=r"nan.npy: non-finite values in rows \[3\]"):
         _build("TIGER", toy_root, item_emb_file=str(path))
 
 

@@ -38,16 +38,19 @@ class DIGER(SemanticIDRecommender):
     config_chain = ("TIGER", "DIGER")
 
     def __init__(self, config, dataset):
+        # Validate DIGER's own keys before the (slow) tokenizer pre-training in the base class.
+        gradient_path = str(_cfg(config, "gradient_path", "true_e2e"))
+        if gradient_path not in GRADIENT_PATHS:
+            raise ValueError(f"gradient_path must be one of {list(GRADIENT_PATHS)}, got {gradient_path!r}")
+        assign_mode = str(_cfg(config, "assign_mode", "frqud"))
+        if assign_mode not in ASSIGN_MODES:
+            raise ValueError(f"assign_mode must be one of {list(ASSIGN_MODES)}, got {assign_mode!r}")
+        tau = float(_cfg(config, "gumbel_tau", 2.0))
+        if not tau > 0:
+            raise ValueError(f"gumbel_tau must be > 0, got {tau}")
+        build_decay(assign_mode, 1, 2, config)  # range checks of rho, momentum, lambda, schedules
         super().__init__(config, dataset)
-        self.gradient_path = str(_cfg(config, "gradient_path", "true_e2e"))
-        if self.gradient_path not in GRADIENT_PATHS:
-            raise ValueError(f"gradient_path must be one of {list(GRADIENT_PATHS)}, got {self.gradient_path!r}")
-        self.assign_mode = str(_cfg(config, "assign_mode", "frqud"))
-        if self.assign_mode not in ASSIGN_MODES:
-            raise ValueError(f"assign_mode must be one of {list(ASSIGN_MODES)}, got {self.assign_mode!r}")
-        self.tau = float(_cfg(config, "gumbel_tau", 2.0))
-        if not self.tau > 0:
-            raise ValueError(f"gumbel_tau must be > 0, got {self.tau}")
+        self.gradient_path, self.assign_mode, self.tau = gradient_path, assign_mode, tau
         # Temperature schedule (DIGER fixes tau; schedules are an option, §6.2): tau(t) from gumbel_tau_schedule.
         self.tau_schedule = make_schedule(_cfg(config, "gumbel_tau_schedule", self.tau))
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
