@@ -47,6 +47,12 @@ def test_sigkill_then_resume_matches_uninterrupted(toy_root, model):
     assert [h["epoch"] for h in resumed["codebook"]["history"]] == [h["epoch"] for h in full["codebook"]["history"]]
     assert resumed["codebook"]["final"]["hash"] == full["codebook"]["final"]["hash"]
 
+    # Resuming a finished run re-evaluates its best checkpoint and leaves it untouched.
+    before = open(full["checkpoint"], "rb").read()
+    again = resume(str(toy_root / "full"))
+    assert again["test_result"] == full["test_result"]
+    assert open(full["checkpoint"], "rb").read() == before
+
 
 def test_resume_without_run_json_is_a_clear_error(toy_root):
     from diger.quick_start import resume
