@@ -56,7 +56,10 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, wrong format, pickled objects
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "Weights only load failed" in str(exc):
+            first = "it holds pickled objects, not plain data (not written by diger; refusing to unpickle it)"
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {first}") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a diger checkpoint (no 'state_dict')")
     return ckpt
