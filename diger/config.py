@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Optional
 
 import yaml
 
-from . import compat  # noqa: F401
+from . import compat  # noqa: F401  (RecBole shims before RecBole imports)
 from recbole.config import Config
 
 PROPERTIES = Path(__file__).resolve().parent / "properties"

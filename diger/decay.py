@@ -16,7 +16,7 @@ the deterministic codes with ``observe(level, c_det)`` after using them.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import nn

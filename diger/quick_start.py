@@ -12,10 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-import torch
 
 from . import compat
-from .config import ConfigError, DigerConfig
+from .config import DigerConfig
 from .models import MODELS
 from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from time import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch

@@ -60,7 +60,7 @@ def cmd_train(a) -> int:
 
 
 def _find_config(model: str, explicit: Optional[str]):
-    from .config import SoftGRPOConfig, load_yaml_config
+    from .config import load_yaml_config
 
     if explicit:
         return load_yaml_config(explicit)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .config import SoftGRPOConfig
 from .rollout import Trajectory, call_model, prompt_positions

@@ -23,7 +23,6 @@ from dataclasses import dataclass, fields
 from typing import Callable, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .config import SoftGRPOConfig
 from .noise import embedding_rms, make_noise

@@ -79,10 +79,19 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     for lineno, line in iter_lines(path):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(path, f"invalid JSON line: {exc.msg} (column {exc.colno})", line=lineno) from exc
-        if not isinstance(obj, dict):
-            raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", line=lineno)
-        yield lineno, obj
+        yield lineno, parse_json_object(path, lineno, line)
+
+
+def parse_json_object(path: Path, lineno: int, line: str) -> dict:
+    """One JSON-lines record as a dict.
+
+    Raises:
+        DataFormatError: invalid JSON or not a JSON object (file and line number).
+    """
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(path, f"invalid JSON line: {exc.msg} (column {exc.colno})", line=lineno) from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", line=lineno)
+    return obj

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

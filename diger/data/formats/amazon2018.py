@@ -12,23 +12,13 @@ Output metadata keys: ``title``, ``brand``, ``categories`` (from ``category``), 
 """
 from __future__ import annotations
 
-from ..errors import DataFormatError
 from ..model import RawData, make_inter
+from ..rawio import parse_json_object
 from .amazon2014 import read_meta, read_reviews
 
 ROLES = {"amazon2018": {"required": ["reviews"], "optional": ["meta"]}}
 
 
-def _parse_json_line(path, lineno: int, line: str) -> dict:
-    import json
-
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(path, f"invalid JSON line: {exc.msg} (column {exc.colno})", line=lineno) from None
-    if not isinstance(obj, dict):
-        raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", line=lineno)
-    return obj
 
 
 def _normalise(rec: dict) -> dict:
@@ -49,6 +39,6 @@ def read_amazon2018(files: dict, options: dict, allow_pickle: bool = False) -> R
     users, items, times = read_reviews(files["reviews"])
     meta, notes = None, []
     if files.get("meta"):
-        raw, notes = read_meta(files["meta"], parse=_parse_json_line)
+        raw, notes = read_meta(files["meta"], parse=parse_json_object)
         meta = {asin: _normalise(rec) for asin, rec in raw.items()}
     return RawData(inter=make_inter(users, items, times), time_kind="unix", items=meta, notes=notes)
