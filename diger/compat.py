@@ -70,7 +70,7 @@ def to_plain(value: Any) -> Any:
     import torch
 
     if value is None or isinstance(value, str):
-        return str(value) if value is not None else None
+        return value if value is None else str(value)  # np.str_ subclasses str: cast to a plain str
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):

@@ -120,7 +120,7 @@ def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file
     start = time.time()
     config = make_config(model, dataset, config_file_list, config_dict)
     out_dir = _output_dir(config)
-    if not (config_dict or {}).get("checkpoint_dir") and "checkpoint_dir" not in _file_keys(config_file_list):
+    if "checkpoint_dir" not in (config_dict or {}) and "checkpoint_dir" not in config.file_config_dict:
         config["checkpoint_dir"] = str(out_dir)
     config["checkpoint_dir"] = os.path.abspath(config["checkpoint_dir"])
     return _execute(config, resolve_model(model), out_dir, saved, start)
@@ -203,16 +203,6 @@ def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resu
     _write_json(out_dir / "result.json", result)
     log.info("result written to %s", out_dir / "result.json")
     return result
-
-
-def _file_keys(files) -> set:
-    import yaml
-
-    keys = set()
-    for f in files or []:
-        with open(f, encoding="utf-8") as fh:
-            keys |= set((yaml.safe_load(fh) or {}).keys())
-    return keys
 
 
 def evaluate_checkpoint(path: str, overrides: Optional[Dict] = None) -> Dict:

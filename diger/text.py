@@ -199,9 +199,10 @@ def item_text_embeddings(config, dataset) -> np.ndarray:
         arr = np.load(emb_file, allow_pickle=False).astype(np.float32)
         if arr.ndim != 2:
             raise ValueError(f"{emb_file}: item embeddings must be a 2-D [n_items, D] array, got shape {arr.shape}")
-        file_rows_offset = 1 if arr.shape[0] == len(tokens) - 1 else 0  # report rows as they are in the file
-        if arr.shape[0] == len(tokens) - 1:
+        file_rows_offset = 0  # report rows as they are in the file
+        if arr.shape[0] == len(tokens) - 1:  # no pad row in the file: prepend one
             arr = np.concatenate([np.zeros((1, arr.shape[1]), np.float32), arr])
+            file_rows_offset = 1
         if arr.ndim != 2 or arr.shape[0] != len(tokens):
             raise ValueError(f"{emb_file}: {arr.shape[0]} embedding rows for {len(tokens) - 1} items")
         if not np.isfinite(arr).all():

@@ -67,7 +67,6 @@ class DIGER(SemanticIDRecommender):
         # Only the codebooks (and sigma) learn on the tokenizer side (§9 stage 1).
         self.tokenizer.encoder.requires_grad_(False)
         self.tokenizer.decoder.requires_grad_(False)
-        self._last_metrics: Dict[str, float] = {}
         self._detach_uses: set = set()
         self._z_cache = None
         self._z_version = -1
@@ -95,7 +94,7 @@ class DIGER(SemanticIDRecommender):
         return self.tau_schedule.value(int(self.train_step)) if not isinstance(self.tau_schedule, ConstantSchedule) else self.tau
 
     def step_metrics(self) -> Dict[str, float]:
-        return {**self.decay.metrics(), **self._last_metrics}
+        return self.decay.metrics()
 
     # ----- loss -------------------------------------------------------------------------------
     def _latents(self) -> torch.Tensor:

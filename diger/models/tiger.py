@@ -145,7 +145,7 @@ class SemanticIDRecommender(SequentialRecommender):
         from ..data.semantic_ids import load_letter_index
 
         path = _cfg(config, "sid_table_file", None)
-        if getattr(self, "config_chain", ())[-1:] != ("TIGER",):
+        if self.joint_training:
             raise ValueError("sid_table_file (published semantic IDs) is for TIGER; DIGER learns its own codebooks")
         prefix = load_letter_index(path, list(self.dataset_item_tokens))[1:]
         if prefix.shape[1] != self.code_levels or int(prefix.max()) >= self.code_num or int(prefix.min()) < 0:
