@@ -23,7 +23,7 @@ from common import header, table, toy_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ["ste", "det_softmax_st", "gumbel", "frqud", "sdud", "sdud_frqud", "historical_frqud", "frqud_normalized",
-        "gumbel_normalized"]
+        "gumbel_normalized", "gumbel_small_noise", "frqud_small_noise", "sdud_small_noise", "sdud_frqud_small_noise"]
 
 
 def main() -> None:

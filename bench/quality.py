@@ -3,6 +3,8 @@
     python bench/quality.py                       # ML-100K, 3 seeds, every arm (hours on 2 cores)
     python bench/quality.py --arms SASRec-CE Pop TIGER DIGER-FrqUD --seeds 2020
     python bench/quality.py --smoke               # tiny synthetic data, 1 seed (CI smoke test)
+    python bench/quality.py --jobs 2 --out q.json # two runs at a time (1 torch thread each); q.json keeps
+                                                  # finished runs, so a rerun with the same --out resumes
 
 Every arm runs through ``diger.quick_start.run`` with the same split (leave-one-out by time), the
 same history length and full-ranking evaluation (configs/ml-100k.yaml). Prints a markdown table of
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +44,7 @@ ARMS = {
 METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 
 
-def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Path) -> dict:
+def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Path, env=None) -> dict:
     model, cfg_files, extra = ARMS[arm]
     cfg = {**base, **extra, "seed": seed, "output_dir": str(work / f"{arm}-{seed}"), "show_progress": False,
            "state": "WARNING"}
@@ -48,8 +53,9 @@ def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Pa
             "print('RESULT'+json.dumps({'test': r['test_result'], 'codebook': r.get('codebook', {}).get('final'), "
             "'seconds': r['wall_clock_seconds']}))")
     paths = files + [str(ROOT / "configs" / f) for f in cfg_files]
+    (work / f"{arm}-{seed}").mkdir(parents=True, exist_ok=True)
     out = subprocess.run([sys.executable, "-c", code, model, dataset, json.dumps(paths), json.dumps(cfg)],
-                         capture_output=True, text=True, cwd=work)
+                         capture_output=True, text=True, cwd=work / f"{arm}-{seed}", env=env)
     if out.returncode != 0:
         raise SystemExit(f"{arm} seed {seed} failed:\n{out.stderr[-3000:]}")
     line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")][-1]
@@ -62,7 +68,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[2020, 2021, 2022])
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--out", default=None, help="write raw results here (JSON)")
+    ap.add_argument("--out", default=None,
+                    help="raw results (JSON), updated after every run; runs already in it are not repeated")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time; with more than 1, each run gets 1 torch thread (OMP_NUM_THREADS=1)")
     args = ap.parse_args()
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
@@ -76,10 +85,33 @@ def main() -> None:
                      "embedding_size": 16, "rqvae_epochs": 10})
     else:
         seeds = args.seeds
-    raw, rows = {}, []
+    out = Path(args.out) if args.out else None
+    done = json.loads(out.read_text()) if out and out.exists() else {}
+    if args.smoke:
+        done = {}
+    env = dict(os.environ)
+    if args.jobs > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    lock = threading.Lock()
+
+    def job(arm: str, seed: int) -> None:
+        r = one_run(arm, seed, dataset, base, files, work, env)
+        with lock:  # record every finished run at once, atomically
+            done[f"{arm}/{seed}"] = r
+            if out:
+                tmp = out.with_name(out.name + ".tmp")
+                tmp.write_text(json.dumps(done, indent=2))
+                os.replace(tmp, out)
+            print(f"done {arm} seed {seed}: ndcg@10 {r['test']['ndcg@10']:.4f} ({r['seconds'] / 60:.1f} min)",
+                  file=sys.stderr, flush=True)
+
+    todo = [(a, s) for a in args.arms for s in seeds if f"{a}/{s}" not in done]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for f in [pool.submit(job, a, s) for a, s in todo]:
+            f.result()
+    rows = []
     for arm in args.arms:
-        runs = [one_run(arm, s, dataset, base, files, work) for s in seeds]
-        raw[arm] = runs
+        runs = [done[f"{arm}/{s}"] for s in seeds]
         row = {"arm": arm}
         for m in METRICS:
             vals = [r["test"][m] for r in runs]
@@ -89,13 +121,14 @@ def main() -> None:
         if cb:
             k = len(cb[0]["levels"][0]["counts"])
             row["L1 codes used"] = f"{statistics.mean(c['levels'][0]['used'] for c in cb):.1f}/{k}"
+            near = [c["nearest_used"][0] for c in cb if c.get("nearest_used")]
+            if near:  # Sinkhorn-balanced tables use every code; nearest-code usage shows collapse
+                row["L1 nearest-code used"] = f"{statistics.mean(near):.1f}/{k}"
         row["minutes/run"] = f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f}"
         rows.append(row)
     print(header("python bench/quality.py " + " ".join(sys.argv[1:])))
     print(f"dataset {dataset}; seeds {seeds}; protocol configs/ml-100k.yaml (leave-one-out, full ranking)\n")
-    print(table(rows, ["arm", *METRICS, "L1 codes used", "minutes/run"]))
-    if args.out:
-        Path(args.out).write_text(json.dumps(raw, indent=2))
+    print(table(rows, ["arm", *METRICS, "L1 codes used", "L1 nearest-code used", "minutes/run"]))
 
 
 if __name__ == "__main__":

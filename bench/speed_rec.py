@@ -2,9 +2,12 @@
 
     python bench/speed_rec.py                 # ML-100K, the README table
     python bench/speed_rec.py --smoke         # tiny synthetic data (CI smoke test)
+    python bench/speed_rec.py --models TIGER DIGER --profile   # also print the hot spots (top functions)
 
 Each model is measured in its own subprocess (clean peak-RSS): ``--steps`` training steps after one
-warm-up step (samples/s), then beam-search evaluation of one validation batch (users/s).
+warm-up step (samples/s), then beam-search evaluation of one validation batch (users/s). With ``--profile``
+the same training steps and evaluation are run once more under cProfile (Python functions by own time) and
+``torch.profiler`` (operators by self CPU time), after the timed runs so the table is not affected.
 """
 from __future__ import annotations
 
@@ -21,7 +24,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table, toy_dataset  # noqa: E402
 
 
-def measure(model: str, dataset: str, config: dict, steps: int) -> dict:
+def _profile_text(fn, top: int) -> str:
+    """Run ``fn`` under cProfile and torch.profiler; the top functions and operators as text."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    lines = buf.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+    with profile(activities=[ProfilerActivity.CPU]) as tp:
+        fn()
+    ops = tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    return ("Python functions by own time (cProfile):\n" + "\n".join(lines[start:]).rstrip() +
+            "\n\nTorch operators by self CPU time (torch.profiler):\n" + ops)
+
+
+def measure(model: str, dataset: str, config: dict, steps: int, profile: bool = False, top: int = 15) -> dict:
+    """Train ``steps`` timed steps (after one warm-up step) and beam-search one validation batch; optionally profile."""
     import resource
 
     import torch
@@ -37,7 +64,15 @@ def measure(model: str, dataset: str, config: dict, steps: int) -> dict:
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     net.train()
     it = iter(train)
-    times, n = [], 0
+    times, n, used = [], 0, []
+
+    def train_step(batch):
+        loss = net.calculate_loss(batch)
+        loss = sum(loss) if isinstance(loss, tuple) else loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
     for i in range(steps + 1):
         try:
             batch = next(it)
@@ -45,22 +80,35 @@ def measure(model: str, dataset: str, config: dict, steps: int) -> dict:
             it = iter(train)
             batch = next(it)
         t = time.perf_counter()
-        loss = net.calculate_loss(batch)
-        loss = sum(loss) if isinstance(loss, tuple) else loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(batch)
         if i:  # skip the warm-up step
             times.append(time.perf_counter() - t)
             n += len(batch)
+            used.append(batch)
     net.eval()
     inter = next(iter(valid))[0]
+
+    def evaluate():
+        with torch.no_grad():
+            net.full_sort_predict(inter)
+
     t = time.perf_counter()
-    with torch.no_grad():
-        net.full_sort_predict(inter)
+    evaluate()
     ev = time.perf_counter() - t
-    return {"model": model, "train samples/s": n / sum(times), "eval users/s": len(inter) / ev,
-            "peak RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    out = {"model": model, "train samples/s": n / sum(times), "eval users/s": len(inter) / ev,
+           "peak RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if profile:
+        def train_steps():
+            net.train()
+            for b in used:
+                train_step(b)
+            net.eval()
+
+        out["profile"] = (f"=== {model}: {len(used)} training steps (batch {len(used[0])}) ===\n"
+                          + _profile_text(train_steps, top)
+                          + f"\n=== {model}: beam-search evaluation of {len(inter)} users ===\n"
+                          + _profile_text(evaluate, top))
+    return out
 
 
 def main() -> None:
@@ -69,11 +117,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--models", nargs="*", default=["SASRec", "TIGER", "DIGER"])
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, profile the same steps and print the top functions and operators")
+    ap.add_argument("--top", type=int, default=15, help="rows per profile listing (--profile)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(measure(spec["model"], spec["dataset"], spec["config"], spec["steps"])))
+        print(json.dumps(measure(spec["model"], spec["dataset"], spec["config"], spec["steps"],
+                                 spec.get("profile", False), spec.get("top", 15))))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
@@ -89,7 +141,8 @@ def main() -> None:
     rows = []
     for model in args.models:
         cfg = {**base, **(sasrec if model == "SASRec" else {})}
-        spec = json.dumps({"model": model, "dataset": dataset, "config": cfg, "steps": steps})
+        spec = json.dumps({"model": model, "dataset": dataset, "config": cfg, "steps": steps,
+                           "profile": args.profile, "top": args.top})
         out = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True, cwd=work)
         if out.returncode != 0:
             raise SystemExit(f"{model} failed:\n{out.stderr[-3000:]}")
@@ -99,9 +152,12 @@ def main() -> None:
         if ref:
             r["train vs SASRec"] = r["train samples/s"] / ref["train samples/s"]
             r["eval vs SASRec"] = r["eval users/s"] / ref["eval users/s"]
-    print(header("python bench/speed_rec.py" + (" --smoke" if args.smoke else "")))
+    print(header("python bench/speed_rec.py " + " ".join(sys.argv[1:])))
     print(f"dataset {dataset}, batch {args.batch}, {steps} timed training steps, one validation batch with beam search\n")
     print(table(rows, ["model", "train samples/s", "eval users/s", "peak RSS GiB", "train vs SASRec", "eval vs SASRec"]))
+    for r in rows:
+        if "profile" in r:
+            print("\n" + r["profile"])
 
 
 if __name__ == "__main__":

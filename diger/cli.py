@@ -16,12 +16,18 @@ def _run(args, extra: List[str]) -> int:
         if extra or args.config_files:
             raise ValueError("--resume continues a run with its saved configuration; drop the other options")
         result = resume(args.resume)
+        if result is None:
+            print(json.dumps({"note": "no global rank 0 on this machine: the machine holding it writes the results"}))
+            return 0
         print(json.dumps({"test_result": result["test_result"], "wall_clock_seconds": result["wall_clock_seconds"]}, indent=2))
         return 0
     overrides = parse_overrides(extra)
     if args.data_path:
         overrides.setdefault("data_path", args.data_path)
     result = run(args.model, args.dataset, args.config_files, overrides)
+    if result is None:  # a multi-machine run's machine without global rank 0: that machine reports
+        print(json.dumps({"note": "no global rank 0 on this machine: the machine holding it writes the results"}))
+        return 0
     print(json.dumps({"best_valid_result": result["best_valid_result"], "test_result": result["test_result"],
                       "wall_clock_seconds": result["wall_clock_seconds"]}, indent=2))
     return 0

@@ -13,6 +13,14 @@ Import this module before importing anything from ``recbole``; every RecBole-fac
    turns a ``Config`` into a JSON-able dict for that.
 4. RecBole writes ``./log`` and ``./log_tensorboard`` into the working directory: callers choose
    the working directory (tests run in a temp dir); nothing to patch here.
+5. Distributed training (``nproc``/``world_size``/``ip``/``port``/``offset``, ECOSYSTEM.md §1.9):
+   RecBole hard-codes NCCL and CUDA in ``Config._init_device`` and
+   ``DistributedDataParallel(device_ids=[local_rank])`` in ``AbstractTrainer.__init__``. The
+   patched versions pick ``nccl`` on CUDA and ``gloo`` on CPU (``dist_backend`` overrides), skip
+   the GPU-count check and ``SyncBatchNorm`` on CPU, pass ``device_ids`` only on CUDA, and read
+   ``ddp_find_unused_parameters`` / ``ddp_broadcast_buffers`` from the model class (defaults:
+   ``False`` / ``True``, RecBole's). Ranks other than 0 get a no-op TensorBoard writer, so only
+   rank 0 writes ``./log_tensorboard``.
 """
 from __future__ import annotations
 
@@ -54,6 +62,110 @@ def _ray_stub() -> None:
     sys.modules["ray.tune"] = tune
 
 
+def dist_backend(config: Any) -> str:
+    """``nccl`` when the run uses CUDA, else ``gloo``; the config key ``dist_backend`` overrides.
+
+    Args:
+        config: a RecBole ``Config`` or its ``final_config_dict``.
+    """
+    import torch
+
+    final = getattr(config, "final_config_dict", config)
+    if final.get("dist_backend"):
+        return str(final["dist_backend"])
+    gpu_id = str(final.get("gpu_id") or "")
+    use_gpu = final.get("use_gpu", True) is not False
+    return "nccl" if use_gpu and gpu_id and torch.cuda.is_available() else "gloo"
+
+
+def _patched_init_device(self) -> None:
+    """``Config._init_device`` of RecBole 1.2.1 with a CPU (gloo) branch for distributed runs."""
+    import torch
+    import torch.distributed as dist
+
+    final = self.final_config_dict
+    if "local_rank" not in final:
+        return _ORIGINAL["init_device"](self)
+    gpu = final["gpu_id"]
+    final["gpu_id"] = ",".join(map(str, gpu)) if isinstance(gpu, (tuple, list)) else str(gpu)
+    backend = dist_backend(final)
+    if backend == "nccl":
+        import os
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = final["gpu_id"]
+        if len(final["gpu_id"].split(",")) < int(final["nproc"]):
+            raise ValueError(f"nproc={final['nproc']} processes need as many GPUs in gpu_id, got {final['gpu_id']!r}")
+        torch.cuda.set_device(int(final["local_rank"]))
+        final["device"] = torch.device("cuda", int(final["local_rank"]))
+    else:
+        final["device"] = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend, rank=int(final["local_rank"]) + int(final.get("offset") or 0),
+            world_size=int(final["world_size"]), init_method=f"tcp://{final['ip']}:{final['port']}",
+        )
+    final["single_spec"] = False
+    if int(final["local_rank"]) != 0:
+        final["state"] = "error"
+        final["show_progress"] = False
+        final["verbose"] = False
+
+
+def _patched_trainer_init(self, config, model) -> None:
+    """``AbstractTrainer.__init__`` of RecBole 1.2.1 that works with gloo on CPU as well as NCCL on CUDA."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    self.config = config
+    self.model = model
+    if not config["single_spec"]:
+        device = torch.device(config["device"])
+        if device.type == "cuda":
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBatchNorm is CUDA-only
+        # torch >= 2.13 renames `broadcast_buffers` (per-forward buffer sync) to `forward_sync_buffers`.
+        import inspect
+
+        sync_key = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+            DistributedDataParallel.__init__).parameters else "broadcast_buffers"
+        self.distributed_model = DistributedDataParallel(
+            self.model, device_ids=[device.index if device.index is not None else 0] if device.type == "cuda" else None,
+            find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
+            **{sync_key: bool(getattr(model, "ddp_broadcast_buffers", True))},
+        )
+
+
+class _NullWriter:
+    """Stands in for TensorBoard's ``SummaryWriter`` on ranks other than 0: every method does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *a, **k: None
+
+
+def _patched_get_tensorboard(logger: Any) -> Any:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return _NullWriter()
+    return _ORIGINAL["get_tensorboard"](logger)
+
+
+_ORIGINAL: dict = {}
+
+
+def _distributed_patches() -> None:
+    from recbole.config import configurator
+    from recbole.trainer import trainer as rb_trainer
+
+    if "init_device" not in _ORIGINAL:
+        _ORIGINAL["init_device"] = configurator.Config._init_device
+        _ORIGINAL["get_tensorboard"] = rb_trainer.get_tensorboard
+    configurator.Config._init_device = _patched_init_device
+    rb_trainer.AbstractTrainer.__init__ = _patched_trainer_init
+    rb_trainer.get_tensorboard = _patched_get_tensorboard
+
+
 def apply() -> None:
     """Apply all shims (idempotent)."""
     global _APPLIED
@@ -61,6 +173,7 @@ def apply() -> None:
         return
     _numpy_aliases()
     _ray_stub()
+    _distributed_patches()
     _APPLIED = True
 
 

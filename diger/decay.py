@@ -9,7 +9,7 @@ the deterministic codes with ``observe(level, c_det)`` after using them.
 * ``ScheduledNoise``   - s = schedule(step) for every assignment (``gumbel`` mode; constant by default).
 * ``FrqUD``            - s = 1 for assignments whose deterministic code is over-used
   (``usage_ema[c_det] > rho / K``), else 0 (§7.1). The mask is computed from the EMA *before*
-  this batch's update.
+  this batch's update. Under DDP the counts are all-reduced before the update (identical EMAs on every rank).
 * ``SDUD``             - s = clamp(|sigma_l|, 1e-5, 100) for every assignment, 0 when below 1e-4;
   one learnable sigma per level (§7.2).
 * ``SDUDFrqUD``        - s = hot * clamp(|sigma_l|) (§7.3).
@@ -21,6 +21,7 @@ from typing import Dict, Optional, Union
 import torch
 from torch import nn
 
+from . import distributed as ddist
 from .gumbel import Schedule, make_schedule
 
 
@@ -125,9 +126,22 @@ class FrqUD(UncertaintyDecay):
 
     @torch.no_grad()
     def observe(self, level: int, c_det: torch.Tensor) -> None:
-        if c_det.numel() == 0:
+        """EMA update of ``usage_ema[level]`` with this batch's code frequencies.
+
+        Under multi-process training (an initialised ``torch.distributed`` group with more than one
+        process) the per-code counts and the number of assignments are all-reduced first, so the
+        update uses the global batch and ``usage_ema`` stays identical on every rank. That is a
+        collective: every rank calls ``observe`` once per level and step (also with an empty batch).
+        """
+        counts = torch.bincount(c_det.reshape(-1), minlength=self.codebook_size).to(self.usage_ema.dtype)
+        if ddist.is_distributed():
+            packed = ddist.all_reduce_sum(torch.cat([counts, counts.new_tensor([float(c_det.numel())])]))
+            counts, n = packed[:-1], float(packed[-1])
+        else:
+            n = float(c_det.numel())
+        if n == 0:
             return
-        freq = torch.bincount(c_det, minlength=self.codebook_size).to(self.usage_ema.dtype) / c_det.numel()
+        freq = counts / n
         self.usage_ema[level].mul_(self.momentum).add_((1 - self.momentum) * freq)
 
     def metrics(self) -> Dict[str, float]:

@@ -78,6 +78,7 @@ class VectorQuantizer(nn.Module):
         logit_source: str = "raw",
         sk_epsilon: float = 0.003,
         sk_iters: int = 50,
+        noise_mult: float = 1.0,
     ) -> LevelOut:
         """Assign residuals ``r [n, d]`` to codes (DIGER-method.md §6.2, table of §13.3).
 
@@ -85,6 +86,7 @@ class VectorQuantizer(nn.Module):
         ``"normalized"``: logits ``-d~`` (batch-normalised to ``[-1, 1]``), code ``argmin d``.
         ``"sinkhorn_normalized"`` (``historical`` parity, §6.1): logits ``-d~`` with ``d`` normalised
         over the batch to ``[-1, 1]``, deterministic code = Sinkhorn argmax over the batch.
+        ``noise_mult`` multiplies every noise scale of ``decay`` (1.0 = the paper's unit Gumbel noise).
         """
         if mode not in ASSIGN_MODES:
             raise ValueError(f"unknown assign_mode {mode!r}; expected one of {list(ASSIGN_MODES)}")
@@ -118,7 +120,7 @@ class VectorQuantizer(nn.Module):
             if mode == "det_softmax_st" or decay is None:
                 scale = torch.zeros(r.shape[0], device=r.device)
             else:
-                scale = decay.noise_scale(level, c_det, self.training)
+                scale = decay.noise_scale(level, c_det, self.training) * noise_mult
             gs = gumbel_softmax(logits, tau=tau, noise_scale=scale, generator=generator)
             # Deterministic rows take c_det exactly (argmin distance, or the Sinkhorn code).
             index = torch.where(scale > 0, gs.index, c_det)

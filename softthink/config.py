@@ -49,6 +49,8 @@ class SoftGRPOConfig:
     logging_steps: int = _f(1, "print a metrics line every this many steps (metrics.jsonl gets every step)")
     log_completions: bool = _f(False, "print one completion per step")
     save_model: bool = _f(True, "save_pretrained the policy (and tokenizer) into output_dir at the end")
+    save_steps: int = _f(10, "write output_dir/last.pth (full training state for `softthink train --resume`) every "
+                         "this many steps and after the last one; 0 = never")
     torch_num_threads: Optional[int] = _f(None, "torch.set_num_threads; None keeps torch's default")
 
     # --- data ----------------------------------------------------------------------------------------
@@ -156,6 +158,8 @@ class SoftGRPOConfig:
                      "dataset_size", "logging_steps"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
+        if self.save_steps < 0:
+            raise bad("save_steps", "must be >= 0 (0 disables resumable checkpoints)")
         if self.eval_dataset_size < 0:
             raise bad("eval_dataset_size", "must be >= 0")
         if not self.learning_rate >= 0:

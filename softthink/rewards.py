@@ -182,14 +182,28 @@ REWARD_FUNCS: Dict[str, Callable[..., List[Optional[float]]]] = {
 
 
 def get_reward_funcs(names: Sequence[str]) -> List[Callable[..., List[Optional[float]]]]:
-    """Resolve reward names (``REWARD_FUNCS``) to callables.
+    """Resolve reward names to callables: a name from ``REWARD_FUNCS``, or the import path of a function with
+    TRL's reward signature, ``"package.module.function"`` (TRL's ``reward_funcs`` convention).
 
     Raises:
-        ValueError: naming the unknown reward and the known ones.
+        ValueError: naming the unknown reward and the known ones, or the import path that cannot be resolved.
     """
+    import importlib
+
     out = []
     for n in names:
-        if n not in REWARD_FUNCS:
-            raise ValueError(f"unknown reward {n!r}; known rewards: {sorted(REWARD_FUNCS)}")
-        out.append(REWARD_FUNCS[n])
+        if n in REWARD_FUNCS:
+            out.append(REWARD_FUNCS[n])
+            continue
+        if "." not in n:
+            raise ValueError(f"unknown reward {n!r}; known rewards: {sorted(REWARD_FUNCS)} (or a function's "
+                             "import path, 'package.module.function')")
+        mod, _, attr = n.rpartition(".")
+        try:
+            f = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"unknown reward {n!r}: cannot import {attr!r} from {mod!r} ({exc})") from None
+        if not callable(f):
+            raise ValueError(f"reward {n!r} is not callable")
+        out.append(f)
     return out

@@ -28,7 +28,59 @@ from .config import SoftGRPOConfig
 from .noise import embedding_rms, make_noise
 from .sampling import filter_distribution, filter_sparse, mix_embeddings
 
-__all__ = ["Trajectory", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions"]
+__all__ = ["Trajectory", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions",
+           "GroupGenerators"]
+
+
+class GroupGenerators:
+    """One ``torch.Generator`` per block of contiguous batch rows (one block = one prompt's group).
+
+    Every random draw of :meth:`SoftRollout.generate` is made block by block, each block from its own generator,
+    so a group's samples depend only on its generator and its own rows: the same group gives the same
+    completions whichever other groups share the batch (or the process). The trainer seeds one generator per
+    prompt from ``(seed, step, global prompt index)`` (:func:`softthink.distributed.prompt_seed`).
+
+    Args:
+        generators: one generator per block.
+        sizes: rows per block (``sum(sizes)`` = batch size B).
+    Raises:
+        ValueError: if the two lists differ in length or a size is < 1.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], sizes: Sequence[int]):
+        if len(generators) != len(sizes) or any(int(n) < 1 for n in sizes):
+            raise ValueError(f"GroupGenerators: {len(generators)} generators for block sizes {list(sizes)}")
+        self.generators = list(generators)
+        self.sizes = [int(n) for n in sizes]
+
+    @property
+    def num_rows(self) -> int:
+        """Total rows B covered by the blocks."""
+        return sum(self.sizes)
+
+    def slices(self):
+        """``(generator, slice of rows)`` per block, in row order."""
+        start = 0
+        for g, n in zip(self.generators, self.sizes):
+            yield g, slice(start, start + n)
+            start += n
+
+
+def _multinomial1(generator, probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs [B, V]`` (``[B, 1]`` long)."""
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def _draw(generator, fn, *rows: torch.Tensor):
+    """``fn(generator, *rows)`` for a plain generator; for :class:`GroupGenerators`, ``fn`` per block on the block's
+    rows with the block's generator, the results (tensors or dataclasses of tensors) concatenated along dim 0."""
+    if not isinstance(generator, GroupGenerators):
+        return fn(generator, *rows)
+    parts = [fn(g, *(x[sl] for x in rows)) for g, sl in generator.slices()]
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, 0)
+    return type(first)(**{f.name: torch.cat([getattr(p, f.name) for p in parts], 0) for f in fields(first)})
 
 
 @dataclass
@@ -208,7 +260,8 @@ class SoftRollout:
         Args:
             prompt_ids: ``[B, P]`` long, left-padded.
             prompt_mask: ``[B, P]`` 0/1 attention mask (0 on the left padding).
-            generator: dedicated generator for the Gumbel noise and the discrete samples.
+            generator: dedicated generator for the Gumbel noise and the discrete samples, or a
+                :class:`GroupGenerators` (one generator per block of rows; draws are made per block).
             logits_hook: optional ``f(step, logits [B, V]) -> logits`` applied to each step's raw logits before
                 filtering (a logits processor; used e.g. to force tokens in tests).
             max_new_tokens: default ``cfg.max_completion_length``.
@@ -216,6 +269,9 @@ class SoftRollout:
             :class:`Trajectory` with ``L <= max_new_tokens``.
         """
         cfg, model = self.cfg, self.model
+        if isinstance(generator, GroupGenerators) and generator.num_rows != prompt_ids.shape[0]:
+            raise ValueError(f"SoftRollout.generate: GroupGenerators cover {generator.num_rows} rows, "
+                             f"the batch has {prompt_ids.shape[0]}")
         max_new = int(max_new_tokens or cfg.max_completion_length)
         was_training = model.training
         model.eval()
@@ -269,16 +325,16 @@ class SoftRollout:
             # Sparse filtered distributions ([B, top_k] values and ids): sampling cost independent of V.
             v_ans, i_ans = filter_sparse(lg, Ta, cfg.after_thinking_top_k, cfg.after_thinking_top_p,
                                          cfg.after_thinking_min_p)
-            samp_ans = i_ans.gather(-1, torch.multinomial(v_ans, 1, generator=generator)).squeeze(-1)
+            samp_ans = i_ans.gather(-1, _draw(generator, _multinomial1, v_ans)).squeeze(-1)
             v_th, i_th = filter_sparse(lg, T, cfg.top_k, cfg.top_p, cfg.min_p)
             if cfg.soft_thinking:
                 if K > v_th.shape[-1]:  # mixture wider than the top-k filter: take the K best of the full V
                     v_th, i_th = filter_distribution(lg, T, cfg.top_k, cfg.top_p, cfg.min_p).topk(K, dim=-1)
-                st = noise.sample(v_th, K, generator)
+                st = _draw(generator, lambda g, v: noise.sample(v, K, g), v_th)
                 st.ids = i_th.gather(-1, st.ids)
                 think_tok = st.ids[:, 0]
             else:
-                think_tok = i_th.gather(-1, torch.multinomial(v_th, 1, generator=generator)).squeeze(-1)
+                think_tok = i_th.gather(-1, _draw(generator, _multinomial1, v_th)).squeeze(-1)
             marker_tok = qtab[force_kind, force_pos.clamp(min=0, max=qmax - 1)]
             in_think = thinking & ~forcing
             tok = torch.where(forcing, marker_tok, torch.where(thinking, think_tok, samp_ans))
@@ -307,7 +363,8 @@ class SoftRollout:
                 support = torch.where(soft_now[:, None], st.support, onehot_w.bool())
             else:
                 ids, y, w, support = ids1.clone(), torch.zeros(B, K, device=device), onehot_w, onehot_w.bool()
-            en = noise.embed_noise((B, D), self.emb_sigma, generator, device) if (cfg.soft_thinking and D) \
+            en = _draw(generator, lambda g, r: noise.embed_noise((r.shape[0], D), self.emb_sigma, g, device),
+                       think_len) if (cfg.soft_thinking and D) \
                 else torch.zeros(B, D, device=device)
             en = en * soft_now[:, None]
 

@@ -21,16 +21,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from .checkpoint import FORMAT, LAST, CheckpointError, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from .config import SoftGRPOConfig
+from .distributed import ProcessLayout, prompt_seed
 from .grpo import group_advantages, masked_mean, policy_loss
 from .replay import replay_loglik
 from .rewards import get_reward_funcs
-from .rollout import SoftRollout, Trajectory
+from .rollout import GroupGenerators, SoftRollout, Trajectory
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SoftGRPOTrainer", "tokenize_prompts", "decode_completions", "atomic_write_text",
-           "lora_config_from_args"]
+           "lora_config_from_args", "RewardFunctionError"]
 
 RewardFunc = Callable[..., List[Optional[float]]]
 
@@ -60,19 +62,16 @@ def lora_config_from_args(args: SoftGRPOConfig):
                       target_modules=args.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
 
 
+class RewardFunctionError(RuntimeError):
+    """A reward function raised or returned something unusable; the message names it and the dataset row."""
+
+
 def _is_conversational(prompt: Any) -> bool:
     return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
 
 
-def tokenize_prompts(tokenizer, prompts: Sequence[Any], max_prompt_length: int, device="cpu"):
-    """Left-padded prompt ids and mask. Chat-message prompts get the chat template with a generation prompt;
-    string prompts are used verbatim (TRL's convention).
-
-    Returns:
-        ``(ids [B, P], mask [B, P])``.
-    Raises:
-        ValueError: if a prompt is longer than ``max_prompt_length`` tokens.
-    """
+def _prompt_texts(tokenizer, prompts: Sequence[Any]) -> List[str]:
+    """Prompt strings as fed to the tokenizer: chat messages through the chat template, strings verbatim."""
     texts = []
     for p in prompts:
         if _is_conversational(p):
@@ -81,11 +80,35 @@ def tokenize_prompts(tokenizer, prompts: Sequence[Any], max_prompt_length: int, 
             texts.append(p)
         else:
             raise ValueError(f"prompt must be a string or a list of chat messages, got {type(p).__name__}")
+    return texts
+
+
+def _preview(prompt: Any, n: int = 60) -> str:
+    text = prompt if isinstance(prompt, str) else str(prompt)
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[Any], max_prompt_length: int, device="cpu",
+                     row_ids: Optional[Sequence[int]] = None):
+    """Left-padded prompt ids and mask. Chat-message prompts get the chat template with a generation prompt;
+    string prompts are used verbatim (TRL's convention).
+
+    Args:
+        row_ids: dataset row of each prompt, used only to name the offending row in errors.
+    Returns:
+        ``(ids [B, P], mask [B, P])``.
+    Raises:
+        ValueError: if a prompt is longer than ``max_prompt_length`` tokens (naming its dataset row, when given,
+            its length and the limit).
+    """
+    texts = _prompt_texts(tokenizer, prompts)
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     lengths = enc["attention_mask"].sum(1)
     if int(lengths.max()) > max_prompt_length:
         i = int(lengths.argmax())
-        raise ValueError(f"prompt {i} has {int(lengths[i])} tokens > max_prompt_length={max_prompt_length}")
+        where = f"the prompt of dataset row {row_ids[i]}" if row_ids is not None else f"prompt {i}"
+        raise ValueError(f"{where} has {int(lengths[i])} tokens > max_prompt_length={max_prompt_length} "
+                         f"({_preview(prompts[i])})")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
@@ -107,12 +130,26 @@ def _trim(traj: Trajectory, prompt_ids, prompt_mask):
     return t, prompt_ids[:, start:], prompt_mask[:, start:]
 
 
+# per-completion statistics gathered across processes for the metrics (column order of _row_stats)
+_ROW_STATS = ("length", "eos", "loss_tokens", "soft_loss_tokens", "soft_steps", "weight_entropy_sum",
+              "think_ended", "budget_hit", "think_len")
+
+
+def _row_stats(traj: Trajectory) -> torch.Tensor:
+    """``[B, len(_ROW_STATS)]`` float64 per-completion sums behind the step metrics."""
+    lm = traj.loss_mask
+    cols = [traj.resp_mask.sum(1), traj.eos, lm.sum(1), (traj.is_soft & lm).sum(1), traj.is_soft.sum(1),
+            traj.weight_entropy.sum(1), traj.think_ended, traj.budget_hit, traj.think_len]
+    return torch.stack([c.detach().double().cpu() for c in cols], 1)
+
+
 class SoftGRPOTrainer:
     """SofT-GRPO / discrete-GRPO trainer for any ``AutoModelForCausalLM`` (SofT-GRPO-method.md §11.6).
 
     Args:
         model: the policy (trained in place).
-        tokenizer: its tokenizer; must have a pad token (left padding is applied here).
+        tokenizer: its tokenizer; without a pad token its EOS token pads (with a warning). Left padding is
+            applied here.
         args: :class:`SoftGRPOConfig`.
         train_dataset: a ``datasets.Dataset`` (or list of dicts) with a ``prompt`` column; other columns reach
             the reward functions as keyword arguments.
@@ -126,31 +163,36 @@ class SoftGRPOTrainer:
         peft_config: a ``peft.PeftConfig`` (e.g. ``LoraConfig``) wrapping ``model`` with ``peft.get_peft_model``
             (TRL's argument); default: a ``LoraConfig`` from the ``use_peft``/``lora_*`` fields when
             ``args.use_peft``. Only adapter weights are trained, and :meth:`save_model` saves only the adapter.
+
+    Several processes (``accelerate launch`` / ``torchrun``): see :mod:`softthink.distributed` for the layout;
+    only the main process writes files, and every metric is computed over all processes' completions.
+    Sampling is per prompt (a generator seeded from ``(seed, step, global prompt index)``), so the number of
+    processes does not change the rollouts.
+
     Raises:
-        ValueError: on a dataset without ``prompt``, too few prompts, or soft thinking with ``noise_scale == 0``.
+        ValueError: on a dataset without ``prompt``, too few prompts, a prompt longer than
+            ``max_prompt_length`` (naming the dataset row), a tokenizer with neither pad nor EOS token, soft
+            thinking with ``noise_scale == 0``, or a batch layout that cannot be split over the processes.
     """
 
     def __init__(self, model, tokenizer, args: SoftGRPOConfig, train_dataset,
                  reward_funcs: Optional[Sequence[Union[str, RewardFunc]]] = None, ref_model=None, peft_config=None):
-        if peft_config is None and args.use_peft:
-            peft_config = lora_config_from_args(args)
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
-        self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-        self.model, self.tokenizer, self.args = model, tokenizer, args
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         if args.soft_thinking and args.soft_noise == "none":
             raise ValueError("SoftGRPOConfig.soft_noise='none' (plain Soft Thinking) has no density and cannot be "
                              "trained; choose 'gumbel', 'dirichlet', 'gaussian' or 'embedding_gaussian'")
         if args.soft_thinking and args.soft_noise == "gumbel" and args.noise_scale <= 0:
             raise ValueError("SoftGRPOConfig.noise_scale must be > 0 for SofT-GRPO training (the soft-token "
                              "likelihood is the Gumbel density of the noise)")
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError("the tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token")
+            warnings.warn(f"the tokenizer has no pad token; padding with its EOS token {tokenizer.eos_token!r}",
+                          UserWarning, stacklevel=2)
+            tokenizer.pad_token = tokenizer.eos_token
         self.rows = self._rows(train_dataset)
         if len(self.rows) < args.prompts_per_step:
             raise ValueError(f"train_dataset has {len(self.rows)} prompts < prompts per step {args.prompts_per_step}")
+        self._check_prompt_lengths(tokenizer, self.rows, args.max_prompt_length)
         funcs = reward_funcs if reward_funcs is not None else args.reward_funcs
         self.reward_funcs: List[RewardFunc] = [get_reward_funcs([f])[0] if isinstance(f, str) else f for f in funcs]
         self.reward_names = [f if isinstance(f, str) else getattr(f, "__name__", f"reward_{i}")
@@ -160,8 +202,18 @@ class SoftGRPOTrainer:
             raise ValueError(f"reward_weights has {len(w)} values for {len(self.reward_funcs)} reward functions")
         self.reward_weights = torch.tensor(w, dtype=torch.float32)
         self.device = next(model.parameters()).device
+        self.dist = ProcessLayout(args, self.device)
+        self.dist.broadcast_parameters(model)  # every process starts from the main process's weights
+        if peft_config is None and args.use_peft:
+            peft_config = lora_config_from_args(args)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+            self.dist.broadcast_parameters(model)  # the same adapter initialisation everywhere
+        self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+        self.model, self.tokenizer, self.args = model, tokenizer, args
         torch.manual_seed(args.seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(args.seed)
         self._order_gen = torch.Generator().manual_seed(args.seed)
         self._order: List[int] = []
         self.rollout = SoftRollout(model, tokenizer, args)
@@ -181,6 +233,13 @@ class SoftGRPOTrainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.state = {"global_step": 0, "optimizer_steps": 0, "skipped_steps": 0}
         self.history: List[Dict[str, float]] = []
+        # the last step's global prompt list (dataset rows), gathered rewards [N] and advantages [N] (TRL's _logs)
+        self.last_batch: Dict[str, Any] = {}
+
+    @property
+    def is_main_process(self) -> bool:
+        """True on the process that writes files (always True in a single-process run)."""
+        return self.dist.is_main
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -194,28 +253,90 @@ class SoftGRPOTrainer:
             raise ValueError("train_dataset needs a 'prompt' column")
         return rows
 
-    def _next_prompts(self) -> List[Dict[str, Any]]:
+    @staticmethod
+    def _check_prompt_lengths(tokenizer, rows: List[Dict[str, Any]], max_len: int) -> None:
+        """Tokenize every prompt once, before anything is generated or written.
+
+        Raises:
+            ValueError: naming the first dataset row whose prompt is longer than ``max_len`` tokens (or is
+                neither a string nor chat messages), with its length.
+        """
+        for start in range(0, len(rows), 256):
+            chunk = rows[start:start + 256]
+            try:
+                texts = _prompt_texts(tokenizer, [r["prompt"] for r in chunk])
+            except ValueError:
+                for i, r in enumerate(chunk):
+                    try:
+                        _prompt_texts(tokenizer, [r["prompt"]])
+                    except ValueError as exc:
+                        raise ValueError(f"train_dataset row {start + i}: {exc}") from None
+                raise
+            lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            for i, n in enumerate(lengths):
+                if n > max_len:
+                    raise ValueError(f"train_dataset row {start + i}: prompt has {n} tokens > "
+                                     f"max_prompt_length={max_len} ({_preview(chunk[i]['prompt'])})")
+
+    def _next_prompts(self) -> List[int]:
+        """Dataset rows of this step's global prompt list (the same list on every process)."""
         out = []
         for _ in range(self.args.prompts_per_step):
             if not self._order:
                 self._order = torch.randperm(len(self.rows), generator=self._order_gen).tolist()
-            out.append(self.rows[self._order.pop(0)])
+            out.append(self._order.pop(0))
         return out
 
-    def compute_rewards(self, rows: List[Dict[str, Any]], completions: List[str], traj: Trajectory):
-        """Weighted nan-aware sum of the reward functions: ``([N] total, [N, F] per function)``."""
+    def compute_rewards(self, rows: List[Dict[str, Any]], completions: List[str], traj: Trajectory,
+                        row_ids: Optional[Sequence[int]] = None):
+        """Weighted nan-aware sum of the reward functions: ``([N] total, [N, F] per function)``.
+
+        Args:
+            row_ids: dataset row of each completion (named in errors; default the batch position).
+        Raises:
+            RewardFunctionError: when a reward function raises, returns the wrong number of values or a value
+                that is not a number / None; the message names the function and the dataset row at fault.
+        """
+        row_ids = list(row_ids) if row_ids is not None else list(range(len(rows)))
         prompts = [r["prompt"] for r in rows]
         conv = _is_conversational(prompts[0])
         comps = [[{"role": "assistant", "content": c}] for c in completions] if conv else completions
         comp_ids = [traj.tok[b][traj.resp_mask[b]].tolist() for b in range(len(rows))]
         columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
         per = torch.full((len(rows), len(self.reward_funcs)), float("nan"))
+
+        def call(f, idx):
+            return f(prompts=[prompts[b] for b in idx], completions=[comps[b] for b in idx],
+                     completion_ids=[comp_ids[b] for b in idx], think_end=self.args.think_end,
+                     **{k: [v[b] for b in idx] for k, v in columns.items()})
+
         for j, f in enumerate(self.reward_funcs):
-            vals = f(prompts=prompts, completions=comps, completion_ids=comp_ids, think_end=self.args.think_end,
-                     **columns)
-            if len(vals) != len(rows):
-                raise ValueError(f"reward {self.reward_names[j]!r} returned {len(vals)} values for {len(rows)} completions")
-            per[:, j] = torch.tensor([float("nan") if v is None else float(v) for v in vals])
+            name = self.reward_names[j]
+            try:
+                vals = call(f, range(len(rows)))
+            except Exception as exc:
+                bad = None  # find the row at fault by calling the function one row at a time
+                for b in range(len(rows)):
+                    try:
+                        call(f, [b])
+                    except Exception:
+                        bad = b
+                        break
+                where = (f"dataset row {row_ids[bad]} (prompt {_preview(prompts[bad])}, completion "
+                         f"{_preview(completions[bad])})") if bad is not None else \
+                    f"the batch of dataset rows {sorted(set(row_ids))} (no single row fails on its own)"
+                raise RewardFunctionError(f"reward function {name!r} raised {type(exc).__name__}: {exc} "
+                                          f"on {where}") from exc
+            if vals is None or len(vals) != len(rows):
+                raise RewardFunctionError(f"reward function {name!r} returned "
+                                          f"{'None' if vals is None else len(vals)} values for {len(rows)} "
+                                          f"completions (dataset rows {sorted(set(row_ids))})")
+            for b, v in enumerate(vals):
+                try:
+                    per[b, j] = float("nan") if v is None else float(v)
+                except (TypeError, ValueError):
+                    raise RewardFunctionError(f"reward function {name!r} returned {v!r} (not a number or None) "
+                                              f"for dataset row {row_ids[b]}") from None
         if torch.isnan(per).all(-1).any():
             warnings.warn("all reward functions returned None for some completions; their reward is 0")
         total = (per * self.reward_weights).nansum(-1)
@@ -223,41 +344,69 @@ class SoftGRPOTrainer:
 
     # ------------------------------------------------------------------------------------------------
     def train(self) -> List[Dict[str, float]]:
-        """Run ``args.max_steps`` steps; returns the per-step metrics (also in ``metrics.jsonl``)."""
+        """Run the steps from ``state["global_step"]`` to ``args.max_steps`` (0 steps for a finished run) and
+        return the per-step metrics (also in ``metrics.jsonl``). Every ``save_steps`` steps and after the last
+        one, ``<output_dir>/last.pth`` receives the full training state (:meth:`save_checkpoint`)."""
         from tqdm.auto import tqdm
 
-        args = self.args
+        args, main = self.args, self.is_main_process
         out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(range(args.max_steps), desc="softthink" if args.soft_thinking else "grpo", dynamic_ncols=True)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        start = self.state["global_step"]
+        bar = tqdm(range(start, args.max_steps), desc="softthink" if args.soft_thinking else "grpo",
+                   dynamic_ncols=True, initial=start, total=args.max_steps, disable=not main)
         for _ in bar:
             m = self.step()
             self.history.append(m)
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
-            bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['completions/mean_length']:.1f}",
-                            kl=f"{m.get('kl', 0.0):.4f}")
-            if m["step"] % args.logging_steps == 0:
-                keys = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl", "entropy",
-                        "soft/frac_soft_steps", "grad_norm", "step_time")
-                bar.write(json.dumps({"step": m["step"], **{k: round(m[k], 4) for k in keys if k in m}}))
-        if args.save_model:
+            step = self.state["global_step"]
+            if main:
+                atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+                if args.save_steps and (step % args.save_steps == 0 or step == args.max_steps):
+                    self.save_checkpoint()
+                bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['completions/mean_length']:.1f}",
+                                kl=f"{m.get('kl', 0.0):.4f}")
+                if m["step"] % args.logging_steps == 0:
+                    keys = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl",
+                            "entropy", "soft/frac_soft_steps", "grad_norm", "step_time")
+                    bar.write(json.dumps({"step": m["step"], **{k: round(m[k], 4) for k in keys if k in m}}))
+        if args.save_model and main:
             self.save_model()
+        self.dist.barrier()
         return self.history
 
     def step(self) -> Dict[str, float]:
-        """One rollout + update step; returns its metrics."""
-        args, model = self.args, self.model
+        """One rollout + update step over the global batch; returns its (global) metrics.
+
+        Raises:
+            ValueError: for a prompt longer than ``max_prompt_length`` (naming the dataset row).
+            RewardFunctionError: naming the reward function and the dataset row at fault.
+        """
+        args, model, G = self.args, self.model, self.args.num_generations
         t0 = time.time()
-        prompt_rows = self._next_prompts()
-        rows = [r for r in prompt_rows for _ in range(args.num_generations)]
-        pids, pmask = tokenize_prompts(self.tokenizer, [r["prompt"] for r in rows], args.max_prompt_length,
-                                       self.device)
-        traj = self.rollout.generate(pids, pmask, generator=self.generator)
-        t_roll = time.time() - t0
-        completions = decode_completions(self.tokenizer, traj)
-        rewards, per_func = self.compute_rewards(rows, completions, traj)
-        adv = group_advantages(rewards, args.num_generations, scale=args.scale_rewards, eps=args.adv_eps)
-        adv = adv.to(self.device)
+        step_no = self.state["global_step"]
+        order = self._next_prompts()
+        positions = self.dist.local_positions
+        row_ids = [order[k] for k in positions for _ in range(G)]
+        rows = [self.rows[i] for i in row_ids]
+        err = None
+        try:
+            pids, pmask = tokenize_prompts(self.tokenizer, [r["prompt"] for r in rows], args.max_prompt_length,
+                                           self.device, row_ids=row_ids)
+            gens = GroupGenerators([torch.Generator(device=self.device).manual_seed(prompt_seed(args.seed, step_no, k))
+                                    for k in positions], [G] * len(positions))
+            traj = self.rollout.generate(pids, pmask, generator=gens)
+            t_roll = time.time() - t0
+            completions = decode_completions(self.tokenizer, traj)
+            rewards, per_func = self.compute_rewards(rows, completions, traj, row_ids=row_ids)
+        except Exception as exc:  # every process stops at the same point, none waits in a collective
+            err = exc
+        self.dist.raise_if_failed(err, f"step {step_no + 1}")
+        rewards_all = self.dist.gather_rows(rewards)
+        per_func_all = self.dist.gather_rows(per_func)
+        adv_all = group_advantages(rewards_all, G, scale=args.scale_rewards, eps=args.adv_eps)
+        adv = adv_all[self.dist.local_rows].to(self.device)
+        self.last_batch = {"prompt_rows": order, "rewards": rewards_all, "advantages": adv_all}
 
         N, mb, micro = len(rows), args.mini_batch_size, args.per_device_train_batch_size
         micro_slices = [slice(i, i + micro) for i in range(0, N, micro)]
@@ -281,6 +430,7 @@ class SoftGRPOTrainer:
         acc: Dict[str, List[float]] = {}
         grad_norms: List[float] = []
         n_acc = args.gradient_accumulation_steps
+        params = [q for q in model.parameters() if q.requires_grad]
         for it in range(args.num_iterations):
             for m0 in range(0, N, mb):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -305,7 +455,7 @@ class SoftGRPOTrainer:
                         lm["token/rollout_replay_abs_diff"] = float(masked_mean(diff, t.loss_mask))
                     for k, v in lm.items():
                         acc.setdefault(k, []).append(v)
-                params = [q for q in model.parameters() if q.requires_grad]
+                self.dist.average_gradients(params)  # DDP's all-reduce: the global mini-batch's mean gradient
                 gn = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 grad_norms.append(float(gn))
                 if not math.isfinite(float(gn)):
@@ -318,47 +468,122 @@ class SoftGRPOTrainer:
                 self.scheduler.step()
                 self.state["optimizer_steps"] += 1
         self.state["global_step"] += 1
-        return self._metrics(rewards, per_func, traj, acc, grad_norms, t_roll, time.time() - t0, completions)
+        return self._metrics(rewards_all, per_func_all, self.dist.gather_rows(_row_stats(traj)), acc, grad_norms,
+                             t_roll, time.time() - t0, rewards, completions)
 
-    def _metrics(self, rewards, per_func, traj, acc, grad_norms, t_roll, t_step, completions) -> Dict[str, float]:
+    def _metrics(self, rewards, per_func, stats, acc, grad_norms, t_roll, t_step, local_rewards,
+                 completions) -> Dict[str, float]:
+        """Step metrics over the global batch: ``rewards [N]``, ``per_func [N, F]`` and ``stats [N, S]``
+        (:data:`_ROW_STATS`) are gathered in global order; micro-batch metrics are averaged over every
+        process's micro-batches."""
         args = self.args
         G = args.num_generations
+        col = {k: stats[:, i] for i, k in enumerate(_ROW_STATS)}
         grp = rewards.view(-1, G)
-        lengths = traj.resp_mask.sum(1).float()
-        term = traj.eos
+        lengths = col["length"].float()
+        term = col["eos"] > 0
         m: Dict[str, float] = {"step": self.state["global_step"]}
         m["reward"] = float(rewards.mean())
         m["reward_std"] = float(grp.std(-1, unbiased=True).mean())
         m["frac_reward_zero_std"] = float((grp.std(-1) == 0).float().mean())
         for j, name in enumerate(self.reward_names):
-            col = per_func[:, j]
-            m[f"rewards/{name}/mean"] = float(col.nanmean()) if not torch.isnan(col).all() else float("nan")
-            m[f"rewards/{name}/std"] = float(col[~torch.isnan(col)].std()) if (~torch.isnan(col)).sum() > 1 else 0.0
+            c = per_func[:, j]
+            m[f"rewards/{name}/mean"] = float(c.nanmean()) if not torch.isnan(c).all() else float("nan")
+            m[f"rewards/{name}/std"] = float(c[~torch.isnan(c)].std()) if (~torch.isnan(c)).sum() > 1 else 0.0
         m["completions/mean_length"] = float(lengths.mean())
         m["completions/min_length"] = float(lengths.min())
         m["completions/max_length"] = float(lengths.max())
         m["completions/clipped_ratio"] = float((~term).float().mean())
         m["completions/mean_terminated_length"] = float(lengths[term].mean()) if bool(term.any()) else 0.0
-        for k, v in acc.items():
-            m[k] = float(sum(v) / len(v))
+        keys = sorted(acc)
+        if keys:
+            sums = self.dist.all_reduce_sum(torch.tensor([[sum(acc[k]), len(acc[k])] for k in keys],
+                                                         dtype=torch.float64))
+            for k, (s, n) in zip(keys, sums.tolist()):
+                m[k] = float(s / n)
         if "kl" not in m:
             m["kl"] = 0.0 if args.beta == 0 else float("nan")
         m["grad_norm"] = float(sum(grad_norms) / max(1, len(grad_norms)))
         m["learning_rate"] = float(self.scheduler.get_last_lr()[0])
-        lm = traj.loss_mask
-        m["soft/frac_soft_steps"] = float((traj.is_soft & lm).sum() / lm.sum().clamp(min=1))
-        n_soft = traj.is_soft.sum()
-        m["soft/weight_entropy"] = float(traj.weight_entropy.sum() / n_soft) if int(n_soft) else 0.0
-        m["soft/think_end_rate"] = float(traj.think_ended.float().mean())
-        m["soft/think_budget_rate"] = float(traj.budget_hit.float().mean())
-        m["soft/think_length"] = float(traj.think_len.float().mean())
-        m["num_tokens"] = float(lm.sum())
+        m["soft/frac_soft_steps"] = float(col["soft_loss_tokens"].sum() / col["loss_tokens"].sum().clamp(min=1))
+        n_soft = col["soft_steps"].sum()
+        m["soft/weight_entropy"] = float(col["weight_entropy_sum"].sum() / n_soft) if float(n_soft) else 0.0
+        m["soft/think_end_rate"] = float(col["think_ended"].mean())
+        m["soft/think_budget_rate"] = float(col["budget_hit"].mean())
+        m["soft/think_length"] = float(col["think_len"].mean())
+        m["num_tokens"] = float(col["loss_tokens"].sum())
         m["skipped_steps"] = float(self.state["skipped_steps"])
         m["rollout_time"] = t_roll
         m["step_time"] = t_step
-        if args.log_completions:
-            print(f"[step {m['step']}] reward={float(rewards[0]):.2f} completion={completions[0]!r}")
+        if args.log_completions and self.is_main_process:
+            print(f"[step {m['step']}] reward={float(local_rewards[0]):.2f} completion={completions[0]!r}")
         return m
+
+    # ------------------------------------------------------------------------------------------------
+    def _trainable_names(self) -> set:
+        return {n for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def checkpoint_state(self) -> Dict[str, Any]:
+        """Everything needed to continue the run exactly, as tensors and plain Python values: model weights
+        (with an adapter: only the trainable adapter weights), optimiser, LR scheduler, step counters, RNG
+        states (torch, numpy, python, the prompt-order generator; the per-prompt generators are a function of
+        ``(seed, step, prompt index)`` and need no state), the remaining prompt order, the metrics history and
+        the config."""
+        sd = self.model.state_dict()
+        if self.is_peft:
+            names = self._trainable_names()
+            sd = {k: v for k, v in sd.items() if k in names}
+        return {
+            "format": FORMAT,
+            "global_step": int(self.state["global_step"]),
+            "state": {k: int(v) for k, v in self.state.items()},
+            "model": sd,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {**rng_state(), "prompt_order": self._order_gen.get_state()},
+            "prompt_order": [int(i) for i in self._order],
+            "history": list(self.history),
+            "config": self.args.to_dict(),
+        }
+
+    def save_checkpoint(self, path: Optional[Union[str, Path]] = None) -> Optional[Path]:
+        """Write :meth:`checkpoint_state` atomically to ``path`` (default ``<output_dir>/last.pth``) on the main
+        process; returns the path there and None on the others."""
+        if not self.is_main_process:
+            return None
+        path = Path(path or Path(self.args.output_dir) / LAST)
+        atomic_torch_save(self.checkpoint_state(), path)
+        return path
+
+    def load_checkpoint(self, path: Union[str, Path], state: Optional[Dict[str, Any]] = None) -> None:
+        """Restore the state written by :meth:`save_checkpoint` (every process reads the same file), so that
+        :meth:`train` continues from the step after the checkpoint and ends as the uninterrupted run.
+
+        Args:
+            path: the ``last.pth`` file.
+            state: its content when already read with :func:`softthink.checkpoint.load_checkpoint` (``path`` is
+                then only named in messages).
+        Raises:
+            CheckpointError: naming ``path`` when it is missing, truncated, not a softthink checkpoint, or its
+                weights do not fit this model.
+        """
+        ck = state if state is not None else load_checkpoint(path)
+        try:
+            missing, unexpected = self.model.load_state_dict(ck["model"], strict=False)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
+        lost = sorted(set(missing) & self._trainable_names())
+        if unexpected or lost:
+            raise CheckpointError(f"{path}: weights do not fit the model (unexpected {sorted(unexpected)[:3]}, "
+                                  f"missing {lost[:3]})")
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.state.update({k: int(v) for k, v in ck["state"].items()})
+        set_rng_state(ck["rng"])
+        self._order_gen.set_state(ck["rng"]["prompt_order"])
+        self._order = [int(i) for i in ck["prompt_order"]]
+        self.history = [dict(h) for h in ck["history"]]
+        logger.info("resumed from %s: %d of %d steps done", path, self.state["global_step"], self.args.max_steps)
 
     # ------------------------------------------------------------------------------------------------
     def save_model(self, path: Optional[Union[str, Path]] = None) -> Path:

@@ -65,3 +65,19 @@ def make_bpe_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     tok.padding_side = "left"
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
     return tok
+
+
+def frac_low_ids_reward(prompts, completions, completion_ids, **kw):
+    """Share of completion ids below 34 (a graded reward, so groups have non-zero advantages).
+
+    Importable as ``softthink_helpers.frac_low_ids_reward`` (``reward_funcs`` import path) when ``tests/`` is on
+    ``sys.path``. If ``SOFTTHINK_TEST_KILL_AT=N`` is set, the process SIGKILLs itself in its N-th call (used to
+    kill a run mid-step).
+    """
+    import os
+    import signal
+
+    frac_low_ids_reward.calls = getattr(frac_low_ids_reward, "calls", 0) + 1
+    if os.environ.get("SOFTTHINK_TEST_KILL_AT") == str(frac_low_ids_reward.calls):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [sum(1 for i in ids if i < 34) / max(1, len(ids)) for ids in completion_ids]

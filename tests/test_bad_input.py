@@ -19,6 +19,7 @@ def _build(model, root, **extra):
     ({"code_num": 1}, r"code_num \(codebook size\) must be >= 2, got 1"),
     ({"frq_rho": 0.0}, r"frq_rho must be > 0, got 0.0"),
     ({"gumbel_tau": 0.0}, r"gumbel_tau must be > 0, got 0.0"),
+    ({"noise_mult": -0.1}, r"noise_mult must be >= 0, got -0.1"),
     ({"num_beams": 3}, r"num_beams \(3\) must be >= max\(topk\) \(10\)"),
     ({"assign_mode": "magic"}, r"assign_mode must be one of .*'magic'"),
     ({"gradient_path": "sideways"}, r"gradient_path must be one of .*'sideways'"),

@@ -1,4 +1,5 @@
 """The bench scripts' small-size modes (issue #5): they run and print their tables. No timing asserted."""
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,10 @@ def _run(*args):
 
 
 def test_speed_rec_smoke():
-    out = _run("bench/speed_rec.py", "--smoke", "--models", "SASRec", "DIGER")
+    out = _run("bench/speed_rec.py", "--smoke", "--models", "SASRec", "DIGER", "--profile", "--top", "5")
     assert "| SASRec |" in out and "| DIGER |" in out and "train samples/s" in out
+    # --profile: top Python functions and torch operators of the training steps and of the beam search
+    assert "=== DIGER: beam-search evaluation" in out and "cProfile" in out and "torch.profiler" in out
 
 
 def test_quality_smoke():
@@ -30,3 +33,16 @@ def test_ablations_smoke():
 def test_speed_soft_smoke():
     out = _run("bench/speed_soft.py", "--smoke")
     assert "ours, soft" in out and "HF generate" in out
+    assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out
+    if importlib.util.find_spec("trl") is not None:
+        assert "GRPOTrainer |" in out
+
+
+def test_speed_soft_grpo_table_without_trl():
+    """Without TRL (import blocked) the GRPO-step table still prints our rows and says TRL was skipped."""
+    code = ("import runpy, sys; sys.modules['trl'] = None; "
+            "sys.argv = ['bench/speed_soft.py', '--smoke', '--only', 'grpo']; "
+            "runpy.run_path('bench/speed_soft.py', run_name='__main__')")
+    out = _run("-c", code)
+    assert "TRL: not installed" in out and "GRPOTrainer |" not in out
+    assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out

@@ -31,6 +31,10 @@ def test_run_writes_result_and_evaluate_reproduces_it(toy_root, model, capsys):
     if model == "DIGER":
         levels = result["codebook"]["final"]["levels"]
         assert len(levels) == 2 and all(lv["used"] >= 1 for lv in levels)
+        # Sinkhorn-balanced table: the argmin-distance usage is reported beside it, within [1, K] per level
+        near = result["codebook"]["final"]["nearest_used"]
+        assert len(near) == 2 and all(1 <= n <= len(lv["counts"]) for n, lv in zip(near, levels))
+        assert all("nearest_used" in h for h in result["codebook"]["history"])
         assert [h["epoch"] for h in result["codebook"]["history"]] == [-1, 0]
         assert main(["plot", str(out)]) == 0
         for png in ("codebook_usage.png", "code_histogram.png"):

@@ -99,6 +99,24 @@ def test_gumbel_mode_is_noisy_in_training_and_gives_codebook_gradient():
     assert vq.codebook.grad.abs().sum() > 0
 
 
+def test_noise_mult_scales_the_gumbel_noise_against_the_distance_gaps():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 4).train()
+    r = torch.randn(500, 4)
+    d = vq.distances(r).sort(-1).values
+    gap = (d[:, 1] - d[:, 0]).min().item()
+
+    def sampled(mult):
+        return vq.assign(r, mode="gumbel", decay=build_decay("gumbel", 1, 16), noise_mult=mult,
+                         generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sampled(0.0).index, sampled(0.0).c_det)
+    assert (sampled(0.0).noise_scale == 0).all()
+    # Gumbel noise differences stay below ~20 with these 8000 draws: 20 * mult < gap keeps every argmin.
+    assert torch.equal(sampled(gap / 40).index, sampled(gap / 40).c_det)
+    assert sampled(gap / 40).noise_scale.max().item() == pytest.approx(gap / 40)
+    assert (sampled(1.0).index != sampled(1.0).c_det).float().mean() > 0.3
+
+
 def test_ste_mode_codebook_learns_from_vq_loss_only():
     vq = VectorQuantizer(8, 3).train()
     r = torch.randn(20, 3, requires_grad=True)

@@ -49,6 +49,9 @@ class DIGER(SemanticIDRecommender):
         if not tau > 0:
             raise ValueError(f"gumbel_tau must be > 0, got {tau}")
         build_decay(assign_mode, 1, 2, config)  # range checks of rho, momentum, lambda, schedules
+        noise_mult = float(_cfg(config, "noise_mult", 1.0))
+        if not noise_mult >= 0:
+            raise ValueError(f"noise_mult must be >= 0, got {noise_mult}")
         super().__init__(config, dataset)
         self.gradient_path, self.assign_mode, self.tau = gradient_path, assign_mode, tau
         # Temperature schedule (DIGER fixes tau; schedules are an option, §6.2): tau(t) from gumbel_tau_schedule.
@@ -58,7 +61,7 @@ class DIGER(SemanticIDRecommender):
         if source == "auto":
             source = "sinkhorn_normalized" if self.gradient_path == "historical" else "raw"
         self.assign_kw = {"logit_source": source, "sk_epsilon": float(_cfg(config, "sk_epsilon", 0.003)),
-                          "sk_iters": int(_cfg(config, "sk_iters", 50))}
+                          "sk_iters": int(_cfg(config, "sk_iters", 50)), "noise_mult": noise_mult}
         self.w_balance = float(_cfg(config, "w_balance", 0.0))
         self.use_cached_forward = bool(_cfg(config, "use_cached_sinkhorn_forward", True))
         self.w_recon = float(_cfg(config, "w_recon", 1.0))

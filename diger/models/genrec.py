@@ -115,6 +115,9 @@ class GenRec(nn.Module):
         scores = torch.zeros(b, 1, device=logp.device)
         seqs = torch.zeros(b, 1, 0, dtype=torch.long, device=logp.device)
         nb_prev = 1
+        # Per-beam copies of the encoder states and mask, rebuilt only when the beam width changes (in
+        # practice once, after the first position): every beam of a user attends to the same encoder states.
+        expanded_width, enc_b, mask_b = 0, enc0, mask0
         for j in range(self.num_positions):
             k = self.vocab_sizes[j]
             total = scores.unsqueeze(-1) + logp.view(b, nb_prev, k)
@@ -131,11 +134,18 @@ class GenRec(nn.Module):
             if j == self.num_positions - 1:
                 break
             # Next decoder step for every surviving beam (beam width may grow while K_j is small).
-            beam_rows = (torch.arange(b, device=flat.device).unsqueeze(1) * nb_prev + origin).reshape(-1)
-            users = torch.arange(b, device=flat.device).repeat_interleave(width)
-            enc_b, mask_b = enc0[users], mask0[users]
+            user_ids = torch.arange(b, device=flat.device)
+            beam_rows = (user_ids.unsqueeze(1) * nb_prev + origin).reshape(-1)
+            if width != expanded_width:
+                users = user_ids.repeat_interleave(width)
+                enc_b, mask_b = enc0[users], mask0[users]
             if cache is not None:
-                cache.reorder_cache(beam_rows)
+                # Self-attention keys/values follow the surviving beams. The cross-attention keys/values are
+                # the same for every beam of a user, so reordering them within a user is the identity: they
+                # are only re-laid out (from any one beam row of each user) when the beam width changes.
+                cache.self_attention_cache.reorder_cache(beam_rows)
+                if width != expanded_width:
+                    cache.cross_attention_cache.reorder_cache(users * nb_prev)
                 step_emb = self.code_emb[j](code.reshape(-1)).unsqueeze(1)
                 hid, cache = self.decode(step_emb, enc_b, mask_b, cache)
             else:
@@ -144,7 +154,7 @@ class GenRec(nn.Module):
                 dec_in = torch.cat([self.bos.expand(b * width, 1, -1), emb], 1)
                 hid, _ = self.decode(dec_in, enc_b, mask_b)
             logp = F.log_softmax(self.position_logits(hid[:, -1], j + 1).float(), dim=-1)
-            nb_prev = width
+            nb_prev, expanded_width = width, width
         items = node if constrained else trie.lookup(seqs)
         valid = (items > 0) & torch.isfinite(scores)
         items = torch.where(valid, items, torch.full_like(items, -1))

@@ -19,6 +19,7 @@ from .. import compat  # noqa: F401  (RecBole shims before RecBole imports)
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from .. import distributed as ddist
 from ..text import item_text_embeddings
 from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats, pretrain_tokenizer
 from .genrec import GenRec
@@ -86,8 +87,9 @@ class SemanticIDRecommender(SequentialRecommender):
             if dim <= 0:
                 raise ValueError("restore_from_checkpoint needs `item_emb_dim` in the saved config")
             emb = torch.zeros(self.n_items, dim)
-        else:
-            emb = torch.from_numpy(item_text_embeddings(config, dataset))
+        else:  # multi-process: rank 0 embeds the item texts (and fills the cache), the others receive them
+            emb = ddist.broadcast_new_tensor(
+                torch.from_numpy(item_text_embeddings(config, dataset)) if ddist.is_main() else None)
             config["item_emb_dim"] = int(emb.shape[1])
         self.register_buffer("item_emb", emb.float())
         self.tokenizer = RQTokenizer(emb.shape[1], list(_cfg(config, "encoder_layers", [256, 128])),
@@ -106,8 +108,32 @@ class SemanticIDRecommender(SequentialRecommender):
             dropout=float(_cfg(config, "dropout", 0.1)),
         )
 
+    #: Multi-process training (diger.compat, DistributedDataParallel): the SID table, item embeddings and
+    #: FrqUD usage are kept identical on every rank by this package (tokenizer init on rank 0 and
+    #: broadcast, deterministic SID refresh, all-reduced code counts), so DDP need not broadcast buffers
+    #: every step. Unused parameters are allowed: T5's shared embedding is never used (inputs are embedded
+    #: codes), and SDUD's sigma gets no gradient in a batch without noisy assignments.
+    ddp_broadcast_buffers = False
+    ddp_find_unused_parameters = True
+
+    def forward(self, interaction):
+        """The training losses of ``interaction`` (:meth:`calculate_loss`), so ``DistributedDataParallel`` can wrap a step."""
+        return self.calculate_loss(interaction)
+
     # ----- tokenizer and SID table ------------------------------------------------------------
     def _init_tokenizer(self, config) -> None:
+        """Tokenizer and SID table before training; under DDP computed once on rank 0 and broadcast
+        (k-means init and RQ-VAE pre-training included), so every rank starts from identical codebooks."""
+        if not ddist.is_distributed():
+            return self._init_tokenizer_local(config)
+        if ddist.is_main():
+            self._init_tokenizer_local(config)
+        ddist.broadcast_module_(self.tokenizer)
+        ddist.broadcast_tensor_(self.sid_table)
+        self.pretrain_info = ddist.broadcast_object(self.pretrain_info)
+        self._table_version += 1
+
+    def _init_tokenizer_local(self, config) -> None:
         x = self.item_emb[1:]
         if _cfg(config, "sid_table_file", None):
             return self._load_published_ids(config)
@@ -170,10 +196,22 @@ class SemanticIDRecommender(SequentialRecommender):
         table = self.compute_semantic_ids().to(self.sid_table.device)
         self.sid_table.copy_(table)
         self._table_version += 1
-        return codebook_stats(table[1:].cpu(), self.num_codes, previous.cpu() if previous is not None else None)
+        stats = codebook_stats(table[1:].cpu(), self.num_codes, previous.cpu() if previous is not None else None)
+        return self._add_nearest_usage(stats)
 
     def codebook_statistics(self) -> Dict:
-        return codebook_stats(self.sid_table[1:].cpu(), self.num_codes)
+        return self._add_nearest_usage(codebook_stats(self.sid_table[1:].cpu(), self.num_codes))
+
+    @torch.no_grad()
+    def _add_nearest_usage(self, stats: Dict) -> Dict:
+        """Add ``nearest_used`` (codes used per level by argmin-distance assignment) when the table is Sinkhorn's.
+
+        Sinkhorn rebalances the table and so hides collapse; nearest-code usage shows the codebooks (§11).
+        """
+        if bool(_cfg(self.config, "sid_sinkhorn", True)) and not _cfg(self.config, "sid_table_file", None):
+            nearest = self.tokenizer.get_codes(self.item_emb[1:], sinkhorn=False).cpu()
+            stats["nearest_used"] = [int(torch.unique(nearest[:, l]).numel()) for l in range(nearest.shape[1])]
+        return stats
 
     @property
     def trie(self) -> SIDTrie:

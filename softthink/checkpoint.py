@@ -1,0 +1,83 @@
+"""Resumable training state of ``softthink train``: ``<output_dir>/last.pth`` and ``<output_dir>/run.json``.
+
+Same conventions as ``diger run --resume`` (diger/trainer.py): the checkpoint holds only tensors and plain
+Python values, is written through a temporary file in the same folder and ``os.replace`` (a kill never leaves
+a half-written ``last.pth``), and is read back with ``torch.load(weights_only=True)``; a missing, truncated or
+foreign file raises :class:`CheckpointError` with a one-line message naming the file.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "LAST", "RUN_JSON", "FORMAT", "atomic_torch_save", "load_checkpoint",
+           "rng_state", "set_rng_state"]
+
+LAST = "last.pth"
+RUN_JSON = "run.json"
+FORMAT = "softthink-last/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not one of ours."""
+
+
+def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
+    """``torch.save(obj)`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pth")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """Load a ``last.pth`` written by :meth:`SoftGRPOTrainer.save_checkpoint` with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: naming ``path`` when it is missing, truncated/corrupt, holds pickled objects or is not
+            a softthink checkpoint.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, wrong format, pickled objects
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "Weights only load failed" in str(exc):
+            first = "it holds pickled objects, not plain data (not written by softthink; refusing to unpickle it)"
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {first}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a softthink checkpoint (no format {FORMAT!r})")
+    return ckpt
+
+
+def rng_state() -> Dict[str, Any]:
+    """Global RNG states (torch CPU, numpy, python ``random``) as tensors and plain values."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": [int(v) for v in random.getstate()[1]],
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore the states captured by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    random.setstate((3, tuple(state["python"]), None))
