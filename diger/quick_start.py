@@ -218,12 +218,35 @@ def _init_logging(config) -> None:
         logging.basicConfig(level=logging.ERROR, force=True)
 
 
+_FILTER_KEYS = ("user_inter_num_interval", "item_inter_num_interval", "val_interval", "unused_col")
+
+
+def load_dataset(config):
+    """RecBole's ``create_dataset`` with a clear error when filtering leaves nothing.
+
+    Raises:
+        ValueError: naming the dataset, its folder and the filtering keys when no interactions are left
+            (RecBole itself only says "Some feat is empty").
+    """
+    try:
+        ds = create_dataset(config)
+    except ValueError as err:
+        if "is empty" not in str(err):
+            raise
+        ds = None
+    if ds is None or ds.inter_num == 0:
+        keys = ", ".join(f"{k}={config[k]!r}" for k in _FILTER_KEYS if config[k] is not None)
+        raise ValueError(f"dataset {config['dataset']!r} ({config['data_path']}): no interactions left after "
+                         f"filtering ({keys}); loosen these keys")
+    return ds
+
+
 def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resume_file: Optional[str] = None) -> Dict:
     init_seed(config["seed"], config["reproducibility"])
     _init_logging(config)
     log = logging.getLogger()
     log.info(config)
-    ds = create_dataset(config)
+    ds = load_dataset(config)
     log.info(ds)
     train_data, valid_data, test_data = data_preparation(config, ds)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -297,7 +320,7 @@ def evaluate_checkpoint(path: str, overrides: Optional[Dict] = None) -> Dict:
     config = make_config(ckpt["model"], ckpt["dataset"], None, run_config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    ds = create_dataset(config)
+    ds = load_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, ds)
     model_class = resolve_model(ckpt["model"])
     net = model_class(config, train_data._dataset).to(config["device"])

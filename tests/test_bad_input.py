@@ -6,12 +6,12 @@ from genrec_fixtures import N_ITEMS, small_config
 
 
 def _build(model, root, **extra):
-    from recbole.data import create_dataset, data_preparation
+    from recbole.data import data_preparation
 
-    from diger.quick_start import make_config, resolve_model
+    from diger.quick_start import load_dataset, make_config, resolve_model
 
     cfg = make_config(model, "toy", None, small_config(root, **extra))
-    train, _, _ = data_preparation(cfg, create_dataset(cfg))
+    train, _, _ = data_preparation(cfg, load_dataset(cfg))
     return resolve_model(model)(cfg, train._dataset)
 
 
@@ -64,3 +64,19 @@ def test_suffix_overflow_is_an_error_not_a_clip(toy_root):
 
     with pytest.raises(SemanticIDCollisionError, match="more than the suffix vocabulary"):
         _build("TIGER", toy_root, code_levels=1, code_num=2, suffix_size=2)
+
+
+def test_interactions_naming_an_item_missing_from_the_item_file(toy_root):
+    from diger.text import ItemTextError
+
+    item_file = toy_root / "toy" / "toy.item"
+    lines = item_file.read_text().splitlines()
+    item_file.write_text("\n".join(l for l in lines if not l.startswith("i7\t")) + "\n")
+    with pytest.raises(ItemTextError, match=r"1 item\(s\) have no text in .*toy.item.*: i7\b"):
+        _build("TIGER", toy_root, item_emb_file=None)
+
+
+def test_empty_dataset_after_filtering_is_a_clear_error(toy_root):
+    with pytest.raises(ValueError, match=r"dataset 'toy' .*no interactions left after filtering "
+                                         r"\(user_inter_num_interval='\[1000,inf\)'"):
+        _build("TIGER", toy_root, user_inter_num_interval="[1000,inf)")
