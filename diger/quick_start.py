@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -95,11 +96,22 @@ def make_config(model: Union[str, type] = "DIGER", dataset: str = "ml-100k",
     return config
 
 
+def _finite(obj):
+    """``obj`` with non-finite floats (RecBole's ``-inf`` best score of an unevaluated run) as ``None``: strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: Dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
+        json.dump(_finite(obj), fh, indent=2, allow_nan=False)
     os.replace(tmp, path)
 
 
@@ -144,7 +156,8 @@ def process_counts(config) -> "tuple[int, int]":
     Raises:
         ValueError: for ``nproc < 1`` or ``world_size < nproc``.
     """
-    nproc = int(config["nproc"] or 1) if "nproc" in config else 1
+    nproc = config["nproc"] if "nproc" in config else None
+    nproc = 1 if nproc is None else int(nproc)
     world = config["world_size"] if "world_size" in config else None
     world = nproc if world is None or int(world) <= 0 else int(world)
     if nproc < 1 or world < nproc:
@@ -163,8 +176,13 @@ def _spawn(model, dataset, config_file_list, config_dict: Dict, saved: bool, sta
               "port": str(config["port"]) if "port" in config and config["port"] else "5678",
               "offset": int(config["offset"] or 0) if "offset" in config else 0}
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(model, dataset, config_file_list, shared, saved, start, queue, resume_file),
-             nprocs=nproc, join=True)
+    try:
+        mp.spawn(_worker, args=(model, dataset, config_file_list, shared, saved, start, queue, resume_file),
+                 nprocs=nproc, join=True)
+    except mp.ProcessRaisedException as exc:
+        # One line, like a one-process run: the worker's own error (its traceback's last line).
+        lines = [l for l in str(exc).strip().splitlines() if l.strip()]
+        raise RuntimeError(f"process {exc.error_index} of {nproc} failed: {lines[-1] if lines else exc}") from None
     return None if queue.empty() else queue.get()
 
 
@@ -198,9 +216,14 @@ def resume(run_dir: str) -> Dict:
     if not meta_file.is_file():
         raise FileNotFoundError(f"cannot resume: {meta_file} not found (was {run_dir} written by `diger run`?)")
     meta = json.loads(meta_file.read_text())
+    cfg = dict(meta["run_config"])
+    if os.path.abspath(meta["checkpoint_dir"]) == os.path.abspath(cfg.get("output_dir") or ""):
+        # Checkpoints inside the run folder: follow the folder if it was moved or copied.
+        here = str(Path(run_dir).resolve())
+        cfg.update(output_dir=here, checkpoint_dir=here)
+        meta["checkpoint_dir"] = here
     last = os.path.join(meta["checkpoint_dir"], SafeCheckpointTrainer.LAST)
     ckpt = load_checkpoint(last)
-    cfg = dict(meta["run_config"])
     if ckpt["config"].get("item_emb_dim"):
         cfg.update({"restore_from_checkpoint": True, "item_emb_dim": ckpt["config"]["item_emb_dim"]})
     config = make_config(meta["model"], meta["dataset"], None, cfg)

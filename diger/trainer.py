@@ -191,7 +191,9 @@ class SafeCheckpointTrainer(Trainer):
         self.cur_step = int(ckpt["cur_step"])
         self.best_valid_score = float(ckpt["best_valid_score"])
         self.best_valid_result = ckpt.get("best_valid_result") or None
-        self.saved_model_file = ckpt["saved_model_file"]
+        # The best checkpoint sits beside last.pth (both in checkpoint_dir), also after the folder was moved.
+        self.saved_model_file = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                             os.path.basename(ckpt["saved_model_file"]))
         rng = ckpt["rng"]
         by_rank = ckpt.get("rng_by_rank")
         if self.distributed and by_rank and len(by_rank) == ddist.world_size():

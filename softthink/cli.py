@@ -107,7 +107,9 @@ def _find_config(model: str, explicit: Optional[str]):
     for cand in (p / "softthink_config.yaml", p / "config.yaml" if (p / "metrics.jsonl").exists() else None):
         if cand is not None and cand.is_file():
             return load_yaml_config(cand)
-    raise SystemExit(f"no softthink_config.yaml in {model!r}; pass --config CONFIG.yaml")
+    if not p.exists():
+        raise FileNotFoundError(f"--model {model!r}: no such folder (give a run directory or a saved model)")
+    raise ValueError(f"no softthink_config.yaml in {model!r}; pass --config CONFIG.yaml")
 
 
 def cmd_eval(a) -> int:
@@ -131,12 +133,12 @@ def cmd_eval(a) -> int:
     try:
         ks = [int(k) for k in a.k.split(",") if k.strip()]
     except ValueError:
-        raise SystemExit(f"--k must be a comma-separated list of integers, got {a.k!r}")
+        raise ValueError(f"--k must be a comma-separated list of integers, got {a.k!r}") from None
     for k in ks:
         if k > a.num_samples:
-            raise SystemExit(f"--k {k} > --num-samples {a.num_samples}: pass@k needs k <= n")
+            raise ValueError(f"--k {k} > --num-samples {a.num_samples}: pass@k needs k <= n")
         if k < 1:
-            raise SystemExit(f"--k values must be >= 1, got {k}")
+            raise ValueError(f"--k values must be >= 1, got {k}")
     model, tok = load_model_and_tokenizer(model_path, trust_remote_code=a.trust_remote_code)
     model.eval()
     _, eval_ds = make_train_eval_datasets(cfg)

@@ -80,3 +80,11 @@ def test_empty_dataset_after_filtering_is_a_clear_error(toy_root):
     with pytest.raises(ValueError, match=r"dataset 'toy' .*no interactions left after filtering "
                                          r"\(user_inter_num_interval='\[1000,inf\)'"):
         _build("TIGER", toy_root, user_inter_num_interval="[1000,inf)")
+
+
+@pytest.mark.parametrize("counts,match", [({"nproc": 0}, r"nproc=0"), ({"nproc": 2, "world_size": 1}, r"world_size=1")])
+def test_process_counts_out_of_range(counts, match):
+    from diger.quick_start import process_counts
+
+    with pytest.raises(ValueError, match=rf"need 1 <= nproc <= world_size, got .*{match}"):
+        process_counts(counts)

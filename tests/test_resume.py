@@ -47,6 +47,13 @@ def test_sigkill_then_resume_matches_uninterrupted(toy_root, model):
     assert [h["epoch"] for h in resumed["codebook"]["history"]] == [h["epoch"] for h in full["codebook"]["history"]]
     assert resumed["codebook"]["final"]["hash"] == full["codebook"]["final"]["hash"]
 
+    # A run folder holding its checkpoints can be moved: resume follows the folder, not the old paths.
+    moved = toy_root / "moved"
+    out.rename(moved)
+    again = resume(str(moved))
+    assert again["test_result"] == full["test_result"]
+    assert again["checkpoint"].startswith(str(moved.resolve())) and not out.exists()
+
     # Resuming a finished run re-evaluates its best checkpoint and leaves it untouched.
     before = open(full["checkpoint"], "rb").read()
     again = resume(str(toy_root / "full"))

