@@ -81,3 +81,11 @@ def frac_low_ids_reward(prompts, completions, completion_ids, **kw):
     if os.environ.get("SOFTTHINK_TEST_KILL_AT") == str(frac_low_ids_reward.calls):
         os.kill(os.getpid(), signal.SIGKILL)
     return [sum(1 for i in ids if i < 34) / max(1, len(ids)) for ids in completion_ids]
+
+
+def save_tiny_model(path) -> str:
+    """Save a random tiny Qwen2 (seed 0) with the byte-level BPE tokenizer to ``path``; return ``str(path)``."""
+    tok = make_bpe_tokenizer()
+    make_model(seed=0, vocab_size=len(tok)).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)

@@ -108,12 +108,9 @@ def test_cli_train_plot_eval_end_to_end(tmp_path):
     """`softthink train` -> `plot` -> `eval` on a tiny random model saved to disk (plumbing, not learning)."""
     import yaml
 
-    from softthink_helpers import make_bpe_tokenizer, make_model
+    from softthink_helpers import save_tiny_model
 
-    tok = make_bpe_tokenizer()
-    model = make_model(seed=0, vocab_size=len(tok))
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
+    save_tiny_model(tmp_path / "tiny")
     cfg = dict(model_name_or_path=str(tmp_path / "tiny"), output_dir=str(tmp_path / "run"), max_steps=2,
                num_generations=2, generation_batch_size=4, per_device_train_batch_size=2,
                gradient_accumulation_steps=2, max_completion_length=8, max_think_tokens=3,

@@ -108,12 +108,9 @@ def test_mode_errors_and_cold_stop_override():
 
 def test_cli_eval_modes_write_settings(tmp_path):
     from softthink.cli import main
-    from softthink_helpers import make_bpe_tokenizer
+    from softthink_helpers import save_tiny_model
 
-    tok = make_bpe_tokenizer()
-    model = make_model(seed=0, vocab_size=len(tok))
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
+    save_tiny_model(tmp_path / "tiny")
     import yaml
 
     cfg = dict(model_name_or_path=str(tmp_path / "tiny"), num_generations=2, generation_batch_size=4,

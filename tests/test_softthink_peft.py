@@ -72,12 +72,9 @@ def test_cli_lora_train_then_eval_run_dir(tmp_path):
     import yaml
 
     from softthink.cli import main
-    from softthink_helpers import make_bpe_tokenizer
+    from softthink_helpers import save_tiny_model
 
-    tok = make_bpe_tokenizer()
-    model = make_model(seed=0, vocab_size=len(tok))
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
+    save_tiny_model(tmp_path / "tiny")
     cfg = dict(model_name_or_path=str(tmp_path / "tiny"), output_dir=str(tmp_path / "run"), max_steps=1,
                num_generations=2, generation_batch_size=4, per_device_train_batch_size=4,
                gradient_accumulation_steps=1, max_completion_length=8, max_think_tokens=3, dataset_size=16,

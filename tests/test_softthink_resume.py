@@ -12,7 +12,7 @@ import yaml
 
 from softthink.checkpoint import CheckpointError, load_checkpoint
 from softthink.cli import main
-from softthink_helpers import make_bpe_tokenizer, make_model
+from softthink_helpers import make_model, save_tiny_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -24,10 +24,7 @@ def run_config(tmp_path_factory):
     """A tiny random Qwen2 + byte-level BPE saved to disk, and a YAML config on reasoning-gym problems with a
     graded reward given by import path (4 steps, a checkpoint after every step)."""
     d = tmp_path_factory.mktemp("resume")
-    tok = make_bpe_tokenizer()
-    model = make_model(seed=0, vocab_size=len(tok))
-    model.save_pretrained(str(d / "model"))
-    tok.save_pretrained(str(d / "model"))
+    save_tiny_model(d / "model")
     cfg = dict(model_name_or_path=str(d / "model"), dataset_name="basic_arithmetic", dataset_size=12,
                eval_dataset_size=0, num_generations=4, generation_batch_size=8, per_device_train_batch_size=4,
                gradient_accumulation_steps=1, max_completion_length=6, max_think_tokens=3, learning_rate=1e-2,
