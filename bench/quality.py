@@ -3,11 +3,15 @@
     python bench/quality.py                       # ML-100K, 3 seeds, every arm (hours on 2 cores)
     python bench/quality.py --arms SASRec-CE Pop TIGER DIGER-FrqUD --seeds 2020
     python bench/quality.py --smoke               # tiny synthetic data, 1 seed (CI smoke test)
+    python bench/quality.py --dataset amazon-beauty-2014 --data_path data \
+        --config_files configs/beauty_cpu.yaml --sid_config_files configs/beauty_cpu.yaml
+                                                  # a dataset prepared by `diger data prepare`
     python bench/quality.py --jobs 2 --out q.json # two runs at a time (1 torch thread each); q.json keeps
                                                   # finished runs, so a rerun with the same --out resumes
 
 Every arm runs through ``diger.quick_start.run`` with the same split (leave-one-out by time), the
-same history length and full-ranking evaluation (configs/ml-100k.yaml). Prints a markdown table of
+same history length and full-ranking evaluation (``--config_files``, default configs/ml-100k.yaml,
+read first; then the arm's own config; then, for the semantic-ID arms only, ``--sid_config_files``). Prints a markdown table of
 test Recall@5/10 and NDCG@5/10 (mean +- std over seeds) and the level-1 codebook usage of the
 semantic-ID models; raw results go to ``--out`` as JSON.
 """
@@ -31,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CE = {"loss_type": "CE", "train_neg_sample_args": None}
 ARMS = {
     "SASRec-CE": ("SASRec", ["SASRec.yaml"], {}),
-    "SASRec-BCE": ("SASRec", ["SASRec-BPR.yaml"], {}),
+    "SASRec-BCE": ("SASRecBCE", ["SASRec-BCE.yaml"], {}),
     "GRU4Rec": ("GRU4Rec", ["GRU4Rec.yaml"], {}),
     "BERT4Rec": ("BERT4Rec", [], {"epochs": 50, "stopping_step": 10, "train_batch_size": 256}),
     "Pop": ("Pop", ["Pop.yaml"], {}),
@@ -40,11 +44,24 @@ ARMS = {
     "DIGER-FrqUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "frqud"}),
     "DIGER-SDUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "sdud"}),
     "DIGER-SDUD+FrqUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "sdud_frqud"}),
+    # twice the training budget (the paper trains far longer): does the gap change with epochs?
+    "TIGER-6ep": ("TIGER", ["TIGER.yaml"], {"epochs": 6}),
+    "DIGER-FrqUD-6ep": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "frqud", "epochs": 6}),
 }
 METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 
 
-def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Path, env=None) -> dict:
+SEMANTIC_ID_MODELS = ("TIGER", "DIGER")
+
+
+def _show(path: str) -> str:
+    """A config path relative to the repository when it lies inside it."""
+    p = Path(path)
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Path, env=None,
+            sid_files: list = ()) -> dict:
     model, cfg_files, extra = ARMS[arm]
     cfg = {**base, **extra, "seed": seed, "output_dir": str(work / f"{arm}-{seed}"), "show_progress": False,
            "state": "WARNING"}
@@ -53,6 +70,8 @@ def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Pa
             "print('RESULT'+json.dumps({'test': r['test_result'], 'codebook': r.get('codebook', {}).get('final'), "
             "'seconds': r['wall_clock_seconds']}))")
     paths = files + [str(ROOT / "configs" / f) for f in cfg_files]
+    if model in SEMANTIC_ID_MODELS:
+        paths += list(sid_files)
     (work / f"{arm}-{seed}").mkdir(parents=True, exist_ok=True)
     out = subprocess.run([sys.executable, "-c", code, model, dataset, json.dumps(paths), json.dumps(cfg)],
                          capture_output=True, text=True, cwd=work / f"{arm}-{seed}", env=env)
@@ -67,6 +86,11 @@ def main() -> None:
     ap.add_argument("--arms", nargs="*", default=list(ARMS))
     ap.add_argument("--seeds", nargs="*", type=int, default=[2020, 2021, 2022])
     ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--data_path", default=None, help="folder holding <dataset>/ (from `diger data prepare`)")
+    ap.add_argument("--config_files", nargs="*", default=[str(ROOT / "configs" / "ml-100k.yaml")],
+                    help="protocol YAML(s) read before each arm's own config (split, history length, metrics)")
+    ap.add_argument("--sid_config_files", nargs="*", default=[],
+                    help="YAML(s) read last for TIGER/DIGER arms only (tokenizer and T5 budget of the dataset)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None,
                     help="raw results (JSON), updated after every run; runs already in it are not repeated")
@@ -77,9 +101,18 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {list(ARMS)}")
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    files, base, dataset = [str(ROOT / "configs" / "ml-100k.yaml")], {}, args.dataset
+    for f in args.config_files + args.sid_config_files:
+        if not Path(f).is_file():
+            raise SystemExit(f"config file not found: {f}")
+    # absolute: every run works in a folder of its own
+    files, base, dataset = [str(Path(f).resolve()) for f in args.config_files], {}, args.dataset
+    sid_files = [str(Path(f).resolve()) for f in args.sid_config_files]
+    if args.data_path:
+        if not (Path(args.data_path) / dataset).is_dir():
+            raise SystemExit(f"--data_path {args.data_path} has no folder {dataset}/ (run `diger data prepare` first)")
+        base["data_path"] = str(Path(args.data_path).resolve())
     if args.smoke:
-        dataset, files, seeds = "toy", [], args.seeds[:1]
+        dataset, files, sid_files, seeds = "toy", [], [], args.seeds[:1]
         base = toy_dataset(work)
         base.update({"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,
                      "embedding_size": 16, "rqvae_epochs": 10})
@@ -95,7 +128,7 @@ def main() -> None:
     lock = threading.Lock()
 
     def job(arm: str, seed: int) -> None:
-        r = one_run(arm, seed, dataset, base, files, work, env)
+        r = one_run(arm, seed, dataset, base, files, work, env, sid_files)
         with lock:  # record every finished run at once, atomically
             done[f"{arm}/{seed}"] = r
             if out:
@@ -127,7 +160,8 @@ def main() -> None:
         row["minutes/run"] = f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f}"
         rows.append(row)
     print(header("python bench/quality.py " + " ".join(sys.argv[1:])))
-    print(f"dataset {dataset}; seeds {seeds}; protocol configs/ml-100k.yaml (leave-one-out, full ranking)\n")
+    protocol = "synthetic toy" if args.smoke else " ".join(_show(f) for f in files)
+    print(f"dataset {dataset}; seeds {seeds}; protocol {protocol} (leave-one-out, full ranking)\n")
     print(table(rows, ["arm", *METRICS, "L1 codes used", "L1 nearest-code used", "minutes/run"]))
 
 

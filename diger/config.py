@@ -82,7 +82,13 @@ class DigerConfig(Config):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         chain = getattr(model_class, "config_chain", (model,))
-        files = [PROPERTIES / "model" / f"{n}.yaml" for n in chain]
+        import recbole
+
+        # A subclass of a RecBole model (SASRecBCE) inherits its parent's RecBole defaults first.
+        recbole_models = Path(recbole.__file__).resolve().parent / "properties" / "model"
+        files = [recbole_models / f"{n}.yaml" for n in chain if n != model]
+        for n in chain:
+            files.append(PROPERTIES / "model" / f"{n}.yaml")
         files.append(PROPERTIES / "dataset" / f"{dataset}.yaml")
         files += [PROPERTIES / "dataset" / f"{dataset}-{n}.yaml" for n in chain]
         for f in files:

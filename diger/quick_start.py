@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Union
 from . import compat
 from . import distributed as ddist
 from .config import DigerConfig
-from .models import MODELS
+from .models import BASELINES, MODELS
 from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
 from recbole.data import create_dataset, data_preparation
@@ -38,7 +38,7 @@ class UnknownModelError(ValueError):
 
 
 def resolve_model(model: Union[str, type]) -> type:
-    """A model class from a name (ours first: TIGER, DIGER; then RecBole's) or a class.
+    """A model class from a name (ours first: TIGER, DIGER, SASRecBCE; then RecBole's) or a class.
 
     Raises:
         UnknownModelError: naming the model and listing ours.
@@ -47,11 +47,13 @@ def resolve_model(model: Union[str, type]) -> type:
         return model
     if model in MODELS:
         return MODELS[model]
+    if model in BASELINES:
+        return BASELINES[model]
     try:
         return get_model(model)
     except (ValueError, ImportError, AttributeError) as exc:
         raise UnknownModelError(
-            f"unknown model {model!r}: not one of ours ({', '.join(MODELS)}) nor a RecBole model (e.g. SASRec, GRU4Rec, Pop)"
+            f"unknown model {model!r}: not one of ours ({', '.join([*MODELS, *BASELINES])}) nor a RecBole model (e.g. SASRec, GRU4Rec, Pop)"
         ) from exc
 
 

@@ -46,3 +46,20 @@ def test_speed_soft_grpo_table_without_trl():
     out = _run("-c", code)
     assert "TRL: not installed" in out and "GRPOTrainer |" not in out
     assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out
+
+
+def test_quality_on_a_prepared_dataset(tmp_path):
+    """--data_path / --config_files: any dataset folder with its own protocol file, as for Beauty."""
+    import yaml
+    from genrec_fixtures import small_config, write_dataset
+
+    write_dataset(tmp_path)
+    cfg = {k: v for k, v in small_config(tmp_path).items() if k not in ("data_path", "checkpoint_dir")}
+    proto = tmp_path / "protocol.yaml"
+    proto.write_text(yaml.safe_dump(cfg))
+    out = _run("bench/quality.py", "--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto),
+               "--arms", "Pop", "--seeds", "2020")
+    assert "| Pop |" in out and f"protocol {proto}" in out
+    bad = subprocess.run([sys.executable, "bench/quality.py", "--dataset", "nope", "--data_path", str(tmp_path),
+                          "--config_files", str(proto)], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "has no folder nope/" in bad.stderr
