@@ -9,6 +9,7 @@ YAMLs (RecBole's, then ``diger/properties/dataset/<dataset>.yaml``, then
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -19,6 +20,7 @@ from . import compat  # noqa: F401  (RecBole shims before RecBole imports)
 from recbole.config import Config
 
 PROPERTIES = Path(__file__).resolve().parent / "properties"
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,8 @@ def parse_overrides(args: Iterable[str]) -> Dict:
             out[key] = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             out[key] = raw
+        if isinstance(out[key], str) and _FLOAT.fullmatch(out[key]):
+            out[key] = float(out[key])  # YAML 1.1 reads 1e-3 as text; RecBole's file loader reads a float
     return out
 
 
@@ -100,3 +104,77 @@ class DigerConfig(Config):
             prepared = Path(base) / dataset / f"{dataset}.yaml"
             if prepared.is_file():
                 self._update_internal_config_dict(str(prepared))
+
+
+# Keys this package's runner, text pipeline and models read that no default YAML carries.
+RUNNER_KEYS = frozenset({
+    "output_dir", "dist_backend", "text_fields", "text_fill", "text_model", "text_missing_reason",
+    "item_emb_file", "item_emb_dim", "embedding_cache_dir", "restore_from_checkpoint", "sid_table_file",
+})
+
+
+def _yaml_keys(folder: Path) -> set:
+    keys = set()
+    for f in folder.rglob("*.yaml"):
+        try:
+            data = yaml.safe_load(f.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict):
+            keys.update(data)
+    return keys
+
+
+_KNOWN: Optional[set] = None
+
+
+def known_keys() -> set:
+    """Every key RecBole 1.2.1 or this package documents: their default YAMLs plus :data:`RUNNER_KEYS`."""
+    global _KNOWN
+    if _KNOWN is None:
+        import recbole
+
+        _KNOWN = _yaml_keys(Path(recbole.__file__).resolve().parent / "properties") | _yaml_keys(PROPERTIES)
+        _KNOWN |= RUNNER_KEYS
+    return _KNOWN
+
+
+def unknown_keys(config: Config) -> List[str]:
+    """User-given keys (files, ``config_dict``) that neither RecBole nor this package knows.
+
+    RecBole accepts any key silently, so a typo such as ``--epoch=1`` would run with the default
+    ``epochs``; :func:`warn_unknown_keys` turns these into a warning.
+    """
+    known = known_keys() | set(config.internal_config_dict)
+    return sorted(k for k in config.external_config_dict if k not in known)
+
+
+def check_value_types(config: Config) -> None:
+    """Reject a text value where the key's default is a number or a boolean (``--epochs=abc``).
+
+    Without this RecBole fails much later (often after RQ-VAE pre-training) with a ``TypeError``
+    that does not name the key.
+
+    Raises:
+        ConfigError: naming the key, the value given and the type expected.
+    """
+    for key, value in config.external_config_dict.items():
+        default = config.internal_config_dict.get(key)
+        if isinstance(value, str) and isinstance(default, (bool, int, float)):
+            kind = "true or false" if isinstance(default, bool) else "an integer" if isinstance(default, int) else "a number"
+            raise ConfigError(f"config key {key!r} expects {kind} (default {default!r}), got {value!r}")
+
+
+def warn_unknown_keys(config: Config) -> List[str]:
+    """Warn (``UserWarning``) once per unknown key, naming where it came from and the closest known key."""
+    import difflib
+    import warnings
+
+    bad = unknown_keys(config)
+    for key in bad:
+        where = "override" if key in (config.variable_config_dict or {}) else "config file"
+        close = difflib.get_close_matches(key, sorted(known_keys()), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        warnings.warn(f"unknown config key {key!r} ({where}) is read by neither RecBole nor diger and has no effect{hint}",
+                      UserWarning, stacklevel=3)
+    return bad

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Union
 
 from . import compat
 from . import distributed as ddist
-from .config import DigerConfig
+from .config import DigerConfig, check_value_types, warn_unknown_keys
 from .models import BASELINES, MODELS
 from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
@@ -94,6 +94,8 @@ def make_config(model: Union[str, type] = "DIGER", dataset: str = "ml-100k",
     """Build the RecBole config (see :mod:`diger.config` for the precedence) and check the data exists."""
     model_class = resolve_model(model)
     config = DigerConfig(model=model_class, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    warn_unknown_keys(config)
+    check_value_types(config)
     _check_data(config)
     return config
 

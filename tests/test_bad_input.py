@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 
 from genrec_fixtures import N_ITEMS, small_config
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _build(model, root, **extra):
@@ -88,3 +91,25 @@ def test_process_counts_out_of_range(counts, match):
 
     with pytest.raises(ValueError, match=rf"need 1 <= nproc <= world_size, got .*{match}"):
         process_counts(counts)
+
+
+def test_unknown_config_key_warns_with_the_closest_known_key(toy_root):
+    """RecBole accepts any key; a typo (--epoch=1) would silently train the default number of epochs."""
+    import warnings
+
+    from genrec_fixtures import small_config
+
+    from diger.quick_start import make_config
+
+    with pytest.warns(UserWarning, match=r"unknown config key 'epoch' \(override\).*did you mean 'epochs'"):
+        make_config("DIGER", "toy", config_dict=small_config(toy_root, epoch=1))
+    bad_file = toy_root / "typo.yaml"
+    bad_file.write_text("num_beam: 5\n")
+    with pytest.warns(UserWarning, match=r"'num_beam' \(config file\).*'num_beams'"):
+        make_config("TIGER", "toy", [str(bad_file)], config_dict=small_config(toy_root))
+    with warnings.catch_warnings(record=True) as seen:  # every shipped config is free of unknown keys
+        warnings.simplefilter("always")
+        for model, files in [("DIGER", ["ml-100k.yaml", "TIGER.yaml", "DIGER.yaml", "beauty_cpu.yaml"]),
+                             ("SASRecBCE", ["SASRec-BCE.yaml"]), ("GRU4Rec", ["GRU4Rec.yaml"])]:
+            make_config(model, "toy", [str(ROOT / "configs" / f) for f in files], small_config(toy_root))
+    assert not [w for w in seen if "unknown config key" in str(w.message)]

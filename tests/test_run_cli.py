@@ -124,3 +124,15 @@ def test_bad_config_file_and_override_are_clear_errors(toy_root):
         "epochs": 3, "topk": [5, 10], "x": "__import__('os')"}
     with pytest.raises(ConfigError, match="--key=value"):
         parse_overrides(["epochs"])
+    # YAML 1.1 reads 1e-3 as text; RecBole's file loader reads a float, and so do overrides
+    assert parse_overrides(["--lr_id=1e-3", "--x=2E5", "--name=e5"]) == {"lr_id": 0.001, "x": 200000.0, "name": "e5"}
+
+
+def test_text_for_a_numeric_key_names_the_key(toy_root):
+    from diger.config import ConfigError
+    from diger.quick_start import make_config
+
+    with pytest.raises(ConfigError, match=r"'epochs' expects an integer \(default \d+\), got 'abc'"):
+        make_config("DIGER", "toy", config_dict=small_config(toy_root, epochs="abc"))
+    with pytest.raises(ConfigError, match=r"'gumbel_tau' expects a number"):
+        make_config("DIGER", "toy", config_dict=small_config(toy_root, gumbel_tau="warm"))
