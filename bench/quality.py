@@ -44,9 +44,6 @@ ARMS = {
     "DIGER-FrqUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "frqud"}),
     "DIGER-SDUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "sdud"}),
     "DIGER-SDUD+FrqUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "sdud_frqud"}),
-    # twice the training budget (the paper trains far longer): does the gap change with epochs?
-    "TIGER-6ep": ("TIGER", ["TIGER.yaml"], {"epochs": 6}),
-    "DIGER-FrqUD-6ep": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "frqud", "epochs": 6}),
 }
 METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 
