@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -96,6 +97,9 @@ def make_config(model: Union[str, type] = "DIGER", dataset: str = "ml-100k",
     config = DigerConfig(model=model_class, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     warn_unknown_keys(config)
     check_value_types(config)
+    if config["epochs"] is not None and config["epochs"] <= 0:
+        warnings.warn(f"epochs={config['epochs']}: nothing is trained; the untrained model is evaluated",
+                      UserWarning, stacklevel=2)
     _check_data(config)
     return config
 
@@ -280,8 +284,12 @@ def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resu
     net = model_class(config, train_data._dataset).to(config["device"])
     log.info(net)
     trainer = trainer_class(model_class)(config, net)
+    trainer.run_start = start
+    this_process = start
     if resume_file:
         trainer.resume_last(resume_file, train_data)
+        start -= trainer.elapsed_before  # count the time spent before the interruption too
+        trainer.run_start = start
     elif ddist.is_main():  # written once the model is built, so a bad config leaves no run folder behind
         _write_json(out_dir / "run.json", {
             "model": config["model"], "dataset": config["dataset"], "checkpoint_dir": str(config["checkpoint_dir"]),
@@ -297,7 +305,8 @@ def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resu
         "best_valid_score": float(best_score),
         "best_valid_result": compat.to_plain(dict(best_valid or {})),
         "test_result": compat.to_plain(dict(test_result or {})),
-        "wall_clock_seconds": round(time.time() - start, 2),
+        "wall_clock_seconds": round(time.time() - start, 2),  # a resumed run: up to its last checkpoint + since
+        "wall_clock_seconds_this_process": round(time.time() - this_process, 2),
         "checkpoint": trainer.saved_model_file if saved else None,
         "resumed_from": resume_file,
         "protocol": {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 import tempfile
 from typing import Dict, List
 
@@ -172,6 +173,8 @@ class SafeCheckpointTrainer(Trainer):
             "best_valid_result": compat.to_plain(dict(self.best_valid_result or {})),
             "saved_model_file": self.saved_model_file,
             "rng": rng,
+            # wall clock of the run so far (seconds), so a resumed run reports the whole run's time
+            "elapsed_seconds": time.time() - self.run_start if getattr(self, "run_start", None) else None,
             **({"rng_by_rank": by_rank} if by_rank else {}),
             **self._extra_state(),
         }
@@ -203,6 +206,7 @@ class SafeCheckpointTrainer(Trainer):
         np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
         random.setstate((3, tuple(rng["python"]), None))
         train_data.generator.set_state(rng["train_loader"])
+        self.elapsed_before = float(ckpt.get("elapsed_seconds") or 0.0)
         self._load_extra_state(ckpt)
         self.logger.info(f"resumed from {path}: continuing at epoch {self.start_epoch}")
 

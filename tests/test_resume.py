@@ -37,11 +37,15 @@ def test_sigkill_then_resume_matches_uninterrupted(toy_root, model):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "result.json").exists()
-    saved_epoch = torch.load(last, weights_only=True)["epoch"]
+    saved = torch.load(last, weights_only=True)
+    saved_epoch = saved["epoch"]
     assert saved_epoch < epochs - 1
+    assert saved["elapsed_seconds"] > 0
 
     resumed = resume(str(out))
     assert resumed["resumed_from"].endswith("last.pth")
+    # the whole run's wall clock: the time before the kill (to the last checkpoint) plus this process's
+    assert resumed["wall_clock_seconds"] >= resumed["wall_clock_seconds_this_process"] + saved["elapsed_seconds"] - 0.01
     assert resumed["test_result"] == full["test_result"]
     assert resumed["best_valid_result"] == full["best_valid_result"]
     assert [h["epoch"] for h in resumed["codebook"]["history"]] == [h["epoch"] for h in full["codebook"]["history"]]
@@ -58,6 +62,7 @@ def test_sigkill_then_resume_matches_uninterrupted(toy_root, model):
     before = open(full["checkpoint"], "rb").read()
     again = resume(str(toy_root / "full"))
     assert again["test_result"] == full["test_result"]
+    assert again["wall_clock_seconds"] >= torch.load(os.path.join(os.path.dirname(full["checkpoint"]), "last.pth"), weights_only=True)["elapsed_seconds"]
     assert open(full["checkpoint"], "rb").read() == before
 
 

@@ -136,3 +136,5 @@ def test_text_for_a_numeric_key_names_the_key(toy_root):
         make_config("DIGER", "toy", config_dict=small_config(toy_root, epochs="abc"))
     with pytest.raises(ConfigError, match=r"'gumbel_tau' expects a number"):
         make_config("DIGER", "toy", config_dict=small_config(toy_root, gumbel_tau="warm"))
+    with pytest.warns(UserWarning, match="epochs=0: nothing is trained"):
+        make_config("DIGER", "toy", config_dict=small_config(toy_root, epochs=0))
