@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table, toy_dataset  # noqa: E402
@@ -57,10 +59,21 @@ def _show(path: str) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
+class RunFailed(RuntimeError):
+    """One arm/seed run exited non-zero; the message holds its last error line and its log file."""
+
+
 def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Path, env=None,
-            sid_files: list = ()) -> dict:
+            sid_files: list = (), overrides: Optional[dict] = None) -> dict:
+    """Run one arm with one seed in a subprocess (its own folder under ``work``); returns test metrics,
+    final codebook statistics and wall-clock seconds.
+
+    Raises:
+        RunFailed: naming the arm, the seed, the child's last error line and its full log.
+    """
     model, cfg_files, extra = ARMS[arm]
-    cfg = {**base, **extra, "seed": seed, "output_dir": str(work / f"{arm}-{seed}"), "show_progress": False,
+    run_dir = work / f"{arm}-{seed}"
+    cfg = {**base, **extra, **(overrides or {}), "seed": seed, "output_dir": str(run_dir), "show_progress": False,
            "state": "WARNING"}
     code = ("import json,sys; from diger.quick_start import run; "
             "r=run(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) or None, json.loads(sys.argv[4])); "
@@ -69,44 +82,85 @@ def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Pa
     paths = files + [str(ROOT / "configs" / f) for f in cfg_files]
     if model in SEMANTIC_ID_MODELS:
         paths += list(sid_files)
-    (work / f"{arm}-{seed}").mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     out = subprocess.run([sys.executable, "-c", code, model, dataset, json.dumps(paths), json.dumps(cfg)],
-                         capture_output=True, text=True, cwd=work / f"{arm}-{seed}", env=env)
+                         capture_output=True, text=True, cwd=run_dir, env=env)
     if out.returncode != 0:
-        raise SystemExit(f"{arm} seed {seed} failed:\n{out.stderr[-3000:]}")
+        log = run_dir / "stderr.log"
+        log.write_text(out.stderr)
+        last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
+        raise RunFailed(f"{arm} seed {seed} failed: {last[0].strip()} (full log: {log})")
     line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT"):])
 
 
+def load_results(out: Optional[Path], meta: dict) -> dict:
+    """Finished runs from ``out`` when it was written under the same protocol (``meta``), else {}.
+
+    Raises:
+        SystemExit: naming the file when it is not a results file or was written under another protocol.
+    """
+    if out is None or not out.exists():
+        return {}
+    try:
+        done = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--out {out}: not a readable results file ({exc}); move it aside or pick another path")
+    if not isinstance(done, dict) or done.get("_meta") != meta:
+        old = done.get("_meta") if isinstance(done, dict) else None
+        diff = {k: (old.get(k) if isinstance(old, dict) else None, v) for k, v in meta.items()
+                if not isinstance(old, dict) or old.get(k) != v}
+        raise SystemExit(f"--out {out} holds runs of another protocol (was -> now: {diff}); "
+                         "pick another --out so that results of different protocols never mix")
+    return done
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arms", nargs="*", default=list(ARMS))
-    ap.add_argument("--seeds", nargs="*", type=int, default=[2020, 2021, 2022])
-    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), metavar="ARM",
+                    help=f"arms to run (default: all): {', '.join(ARMS)}")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[2020, 2021, 2022], help="seeds (default: 2020 2021 2022)")
+    ap.add_argument("--dataset", default="ml-100k", help="dataset name (default: ml-100k, shipped with RecBole)")
     ap.add_argument("--data_path", default=None, help="folder holding <dataset>/ (from `diger data prepare`)")
-    ap.add_argument("--config_files", nargs="*", default=[str(ROOT / "configs" / "ml-100k.yaml")],
+    ap.add_argument("--config_files", nargs="+", default=[str(ROOT / "configs" / "ml-100k.yaml")],
                     help="protocol YAML(s) read before each arm's own config (split, history length, metrics)")
-    ap.add_argument("--sid_config_files", nargs="*", default=[],
+    ap.add_argument("--sid_config_files", nargs="+", default=[],
                     help="YAML(s) read last for TIGER/DIGER arms only (tokenizer and T5 budget of the dataset)")
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config keys for every arm, winning over the arms' own (e.g. epochs=1); YAML values")
+    ap.add_argument("--smoke", action="store_true", help="tiny synthetic dataset, 1 seed, tiny models (CI smoke test)")
     ap.add_argument("--out", default=None,
-                    help="raw results (JSON), updated after every run; runs already in it are not repeated")
+                    help="raw results (JSON), updated after every run; runs already in it are not repeated "
+                         "(refused when it was written under another dataset / protocol / overrides)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time; with more than 1, each run gets 1 torch thread (OMP_NUM_THREADS=1)")
+    ap.add_argument("--keep", action="store_true", help="keep the runs' folders (checkpoints, logs) after success")
     args = ap.parse_args()
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
-        raise SystemExit(f"unknown arms {unknown}; choose from {list(ARMS)}")
-    work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+        ap.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     for f in args.config_files + args.sid_config_files:
         if not Path(f).is_file():
-            raise SystemExit(f"config file not found: {f}")
+            ap.error(f"config file not found: {f}")
+    if args.data_path and not (Path(args.data_path) / args.dataset).is_dir():
+        ap.error(f"--data_path {args.data_path} has no folder {args.dataset}/ (run `diger data prepare` first)")
+    from diger.config import ConfigError, parse_overrides
+
+    try:
+        overrides = parse_overrides([f"--{kv}" for kv in args.override])
+    except ConfigError as exc:
+        ap.error(str(exc))
+    out = Path(args.out) if args.out else None
+    if out and not out.parent.is_dir():
+        ap.error(f"--out {out}: folder {out.parent} does not exist")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     # absolute: every run works in a folder of its own
     files, base, dataset = [str(Path(f).resolve()) for f in args.config_files], {}, args.dataset
     sid_files = [str(Path(f).resolve()) for f in args.sid_config_files]
     if args.data_path:
-        if not (Path(args.data_path) / dataset).is_dir():
-            raise SystemExit(f"--data_path {args.data_path} has no folder {dataset}/ (run `diger data prepare` first)")
         base["data_path"] = str(Path(args.data_path).resolve())
     if args.smoke:
         dataset, files, sid_files, seeds = "toy", [], [], args.seeds[:1]
@@ -115,17 +169,17 @@ def main() -> None:
                      "embedding_size": 16, "rqvae_epochs": 10})
     else:
         seeds = args.seeds
-    out = Path(args.out) if args.out else None
-    done = json.loads(out.read_text()) if out and out.exists() else {}
-    if args.smoke:
-        done = {}
+    meta = {"dataset": dataset, "config_files": [_show(f) for f in files],
+            "sid_config_files": [_show(f) for f in sid_files], "overrides": overrides}
+    done = {} if args.smoke else load_results(out, meta)
+    done["_meta"] = meta
     env = dict(os.environ)
     if args.jobs > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     lock = threading.Lock()
 
     def job(arm: str, seed: int) -> None:
-        r = one_run(arm, seed, dataset, base, files, work, env, sid_files)
+        r = one_run(arm, seed, dataset, base, files, work, env, sid_files, overrides)
         with lock:  # record every finished run at once, atomically
             done[f"{arm}/{seed}"] = r
             if out:
@@ -136,9 +190,15 @@ def main() -> None:
                   file=sys.stderr, flush=True)
 
     todo = [(a, s) for a in args.arms for s in seeds if f"{a}/{s}" not in done]
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        for f in [pool.submit(job, a, s) for a, s in todo]:
-            f.result()
+    try:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for f in [pool.submit(job, a, s) for a, s in todo]:
+                f.result()
+    except RunFailed as exc:
+        raise SystemExit(f"{exc}\nruns finished so far are in {out or 'memory only (no --out)'}; "
+                         f"run folders kept in {work}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     rows = []
     for arm in args.arms:
         runs = [done[f"{arm}/{s}"] for s in seeds]
@@ -157,8 +217,9 @@ def main() -> None:
         row["minutes/run"] = f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f}"
         rows.append(row)
     print(header("python bench/quality.py " + " ".join(sys.argv[1:])))
-    protocol = "synthetic toy" if args.smoke else " ".join(_show(f) for f in files)
-    print(f"dataset {dataset}; seeds {seeds}; protocol {protocol} (leave-one-out, full ranking)\n")
+    protocol = "synthetic toy" if args.smoke else " ".join(meta["config_files"])
+    extra = f"; overrides {overrides}" if overrides else ""
+    print(f"dataset {dataset}; seeds {seeds}; protocol {protocol} (leave-one-out, full ranking){extra}\n")
     print(table(rows, ["arm", *METRICS, "L1 codes used", "L1 nearest-code used", "minutes/run"]))
 
 

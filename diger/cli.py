@@ -99,7 +99,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
         print(f"diger: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"diger: interrupted{_resume_hint()}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _resume_hint() -> str:
+    """How to continue the interrupted run, when it has written a checkpoint to continue from."""
+    qs = sys.modules.get("diger.quick_start")
+    run_dir = getattr(qs, "current_run_dir", None)
+    if not run_dir or not os.path.isfile(os.path.join(run_dir, "run.json")):
+        return ""
+    meta = json.loads(open(os.path.join(run_dir, "run.json"), encoding="utf-8").read())
+    if not os.path.isfile(os.path.join(meta.get("checkpoint_dir", run_dir), "last.pth")):
+        return f" before the first evaluated epoch of {run_dir}; nothing to resume"
+    return f"; continue from the last evaluated epoch with: diger run --resume {run_dir}"
 
 
 if __name__ == "__main__":

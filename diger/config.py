@@ -150,29 +150,77 @@ def unknown_keys(config: Config) -> List[str]:
 
 
 def check_value_types(config: Config) -> None:
-    """Reject a text value where the key's default is a number or a boolean (``--epochs=abc``).
+    """Reject a value whose type cannot fit the key's default (``--epochs=abc``, ``--epochs=1.5``, ``--epochs=[1]``).
 
     Without this RecBole fails much later (often after RQ-VAE pre-training) with a ``TypeError``
-    that does not name the key.
+    that does not name the key. Integer keys take integers; number keys integers or floats;
+    true/false keys booleans; none of them text, lists or mappings.
 
     Raises:
         ConfigError: naming the key, the value given and the type expected.
     """
     for key, value in config.external_config_dict.items():
         default = config.internal_config_dict.get(key)
-        if isinstance(value, str) and isinstance(default, (bool, int, float)):
-            kind = "true or false" if isinstance(default, bool) else "an integer" if isinstance(default, int) else "a number"
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok and value is not None:
             raise ConfigError(f"config key {key!r} expects {kind} (default {default!r}), got {value!r}")
 
 
-def warn_unknown_keys(config: Config) -> List[str]:
-    """Warn (``UserWarning``) once per unknown key, naming where it came from and the closest known key."""
+def _colon_keys(value, path: str) -> Optional[str]:
+    """The first mapping key holding ``a:b`` (a YAML flow mapping written without a space after ':')."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and ":" in k:
+                return f"{path}: {k!r}"
+            found = _colon_keys(v, path)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = _colon_keys(v, path)
+            if found:
+                return found
+    return None
+
+
+def check_mappings(config: Config) -> None:
+    """Reject ``--train_neg_sample_args={distribution:uniform,sample_num:3}``: YAML reads ``{a:b}`` as the key 'a:b'.
+
+    Raises:
+        ConfigError: naming the key and asking for a space after each ':'.
+    """
+    for key, value in config.external_config_dict.items():
+        found = _colon_keys(value, key)
+        if found:
+            raise ConfigError(f"config key {found} looks like 'name:value' without a space; YAML needs "
+                              f"'{{name: value}}' (a space after each ':')")
+
+
+def warn_unknown_keys(config: Config, config_files: Optional[List[str]] = None) -> List[str]:
+    """Warn (``UserWarning``) once per unknown key, naming the override or file it came from and the closest known key."""
     import difflib
     import warnings
 
     bad = unknown_keys(config)
     for key in bad:
-        where = "override" if key in (config.variable_config_dict or {}) else "config file"
+        where = "override"
+        if key not in (config.variable_config_dict or {}):
+            where = "config file"
+            for f in reversed(config_files or []):  # the last file naming the key is the one in effect
+                try:
+                    data = yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}
+                except (OSError, yaml.YAMLError):
+                    continue
+                if isinstance(data, dict) and key in data:
+                    where = f"config file {f}"
+                    break
         close = difflib.get_close_matches(key, sorted(known_keys()), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         warnings.warn(f"unknown config key {key!r} ({where}) is read by neither RecBole nor diger and has no effect{hint}",

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Union
 
 from . import compat
 from . import distributed as ddist
-from .config import DigerConfig, check_value_types, warn_unknown_keys
+from .config import DigerConfig, check_mappings, check_value_types, warn_unknown_keys
 from .models import BASELINES, MODELS
 from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
@@ -32,6 +32,9 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, init_logger, init_seed
 
 logger = logging.getLogger(__name__)
+
+
+current_run_dir: Optional[str] = None  # the run folder of the run in progress in this process
 
 
 class UnknownModelError(ValueError):
@@ -95,9 +98,15 @@ def make_config(model: Union[str, type] = "DIGER", dataset: str = "ml-100k",
     """Build the RecBole config (see :mod:`diger.config` for the precedence) and check the data exists."""
     model_class = resolve_model(model)
     config = DigerConfig(model=model_class, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-    warn_unknown_keys(config)
+    warn_unknown_keys(config, config_file_list)
     check_value_types(config)
-    if config["epochs"] is not None and config["epochs"] <= 0:
+    check_mappings(config)
+    if hasattr(model_class, "check_config"):
+        model_class.check_config(config)
+    from recbole.utils import ModelType
+
+    # RecBole's TraditionalTrainer (Pop, ItemKNN) always fits for exactly one epoch
+    if model_class.type != ModelType.TRADITIONAL and config["epochs"] is not None and config["epochs"] <= 0:
         warnings.warn(f"epochs={config['epochs']}: nothing is trained; the untrained model is evaluated",
                       UserWarning, stacklevel=2)
     _check_data(config)
@@ -284,6 +293,8 @@ def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resu
     net = model_class(config, train_data._dataset).to(config["device"])
     log.info(net)
     trainer = trainer_class(model_class)(config, net)
+    global current_run_dir
+    current_run_dir = str(out_dir.resolve())  # for the CLI's resume hint on Ctrl-C
     trainer.run_start = start
     this_process = start
     if resume_file:

@@ -105,7 +105,7 @@ def test_unknown_config_key_warns_with_the_closest_known_key(toy_root):
         make_config("DIGER", "toy", config_dict=small_config(toy_root, epoch=1))
     bad_file = toy_root / "typo.yaml"
     bad_file.write_text("num_beam: 5\n")
-    with pytest.warns(UserWarning, match=r"'num_beam' \(config file\).*'num_beams'"):
+    with pytest.warns(UserWarning, match=r"'num_beam' \(config file .*typo.yaml\).*'num_beams'"):
         make_config("TIGER", "toy", [str(bad_file)], config_dict=small_config(toy_root))
     with warnings.catch_warnings(record=True) as seen:  # every shipped config is free of unknown keys
         warnings.simplefilter("always")

@@ -1,5 +1,6 @@
 """The bench scripts' small-size modes (issue #5): they run and print their tables. No timing asserted."""
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,27 @@ def test_quality_on_a_prepared_dataset(tmp_path):
     out = _run("bench/quality.py", "--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto),
                "--arms", "Pop", "--seeds", "2020")
     assert "| Pop |" in out and f"protocol {proto}" in out
-    bad = subprocess.run([sys.executable, "bench/quality.py", "--dataset", "nope", "--data_path", str(tmp_path),
-                          "--config_files", str(proto)], capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode != 0 and "has no folder nope/" in bad.stderr
+    q = tmp_path / "q.json"
+    out = _run("bench/quality.py", "--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto),
+               "--arms", "Pop", "--seeds", "2020", "--out", str(q), "--override", "epochs=1")
+    assert "overrides {'epochs': 1}" in out
+    assert json.loads(q.read_text())["_meta"] == {"dataset": "toy", "config_files": [str(proto)],
+                                                 "sid_config_files": [], "overrides": {"epochs": 1}}
+
+    def fails(*args):
+        r = subprocess.run([sys.executable, "bench/quality.py", *args], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        return r.stderr
+
+    # results of one protocol are never shown under another: the same --out with another dataset is refused
+    assert "holds runs of another protocol" in fails("--arms", "Pop", "--seeds", "2020", "--out", str(q))
+    assert "has no folder nope/" in fails("--dataset", "nope", "--data_path", str(tmp_path), "--config_files", str(proto))
+    assert "unknown arms ['Nope']" in fails("--arms", "Nope")
+    assert "expected at least one argument" in fails("--seeds")
+    assert "folder /nonexistent does not exist" in fails("--out", "/nonexistent/q.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    assert "not a readable results file" in fails("--out", str(tmp_path / "bad.json"))
+    # a failing run reports its last error line and its log, not the child's traceback
+    err = fails("--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto), "--arms", "Pop",
+                "--seeds", "2020", "--override", "epochs=abc")
+    assert "Pop seed 2020 failed: " in err and "'epochs' expects an integer" in err and "stderr.log" in err

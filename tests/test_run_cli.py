@@ -138,3 +138,49 @@ def test_text_for_a_numeric_key_names_the_key(toy_root):
         make_config("DIGER", "toy", config_dict=small_config(toy_root, gumbel_tau="warm"))
     with pytest.warns(UserWarning, match="epochs=0: nothing is trained"):
         make_config("DIGER", "toy", config_dict=small_config(toy_root, epochs=0))
+    for bad, kind in [(1.5, "an integer"), ([1], "an integer"), ("abc", "an integer")]:
+        with pytest.raises(ConfigError, match=f"'epochs' expects {kind}"):
+            make_config("SASRec", "toy", config_dict=small_config(toy_root, epochs=bad))
+    with pytest.raises(ConfigError, match="'show_progress' expects true or false"):
+        make_config("DIGER", "toy", config_dict=small_config(toy_root, show_progress="maybe"))
+    assert make_config("DIGER", "toy", config_dict=small_config(toy_root, gumbel_tau=2))["gumbel_tau"] == 2
+
+
+def test_flow_mapping_without_spaces_is_an_error(toy_root):
+    """YAML reads {distribution:uniform} as the single key 'distribution:uniform': refuse it by name."""
+    from diger.config import ConfigError, parse_overrides
+    from diger.quick_start import make_config
+
+    cfg = {**small_config(toy_root), **parse_overrides(["--train_neg_sample_args={distribution:uniform,sample_num:3}"])}
+    with pytest.raises(ConfigError, match="train_neg_sample_args: 'distribution:uniform'.*space after each ':'"):
+        make_config("SASRecBCE", "toy", config_dict=cfg)
+
+
+def test_sasrecbce_config_is_checked_before_data_loads(toy_root, monkeypatch):
+    import diger.quick_start as qs
+
+    monkeypatch.setattr(qs, "_check_data", lambda config: pytest.fail("data checked before the model's config"))
+    with pytest.raises(ValueError, match="loss_type must be 'BCE'"):
+        qs.make_config("SASRecBCE", "toy", config_dict=small_config(toy_root, loss_type="CE", train_neg_sample_args=None))
+
+
+def test_ctrl_c_prints_the_resume_command(toy_root, monkeypatch, capsys):
+    import diger.quick_start as qs
+    from diger.cli import main
+
+    out = toy_root / "run"
+    from diger.trainer import SafeCheckpointTrainer
+
+    real_save = SafeCheckpointTrainer._save_last
+
+    def save_then_interrupt(self, epoch, train_data):
+        real_save(self, epoch, train_data)
+        raise KeyboardInterrupt  # as if Ctrl-C arrived right after the first evaluated epoch
+
+    monkeypatch.setattr(SafeCheckpointTrainer, "_save_last", save_then_interrupt)
+    args = [f"--{k}={json.dumps(v)}" for k, v in small_config(
+        toy_root, output_dir=str(out), checkpoint_dir=str(out), epochs=2, hidden_size=16, inner_size=32,
+        n_layers=1, n_heads=1, loss_type="CE", train_neg_sample_args=None).items()]
+    assert main(["run", "--model", "SASRec", "--dataset", "toy", *args]) == 130
+    err = capsys.readouterr().err
+    assert f"diger run --resume {out.resolve()}" in err and "Traceback" not in err

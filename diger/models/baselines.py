@@ -35,7 +35,13 @@ class SASRecBCE(SASRec):
     input_type = InputType.PAIRWISE  # rows carry (prefix, positive, negative)
     config_chain = ("SASRec", "SASRecBCE")  # RecBole's SASRec defaults, then ours
 
-    def __init__(self, config, dataset):
+    @staticmethod
+    def check_config(config) -> None:
+        """Validate ``loss_type`` and ``train_neg_sample_args`` before any data is loaded.
+
+        Raises:
+            ValueError: naming the key at fault.
+        """
         loss_type = config["loss_type"]
         if loss_type not in (None, "BCE"):
             raise ValueError(f"SASRecBCE: loss_type must be 'BCE', got {loss_type!r} (use SASRec for CE or BPR)")
@@ -45,6 +51,9 @@ class SASRecBCE(SASRec):
                 "SASRecBCE: train_neg_sample_args must sample negatives, e.g. "
                 f"{{distribution: uniform, sample_num: 1}}; got {neg!r}"
             )
+
+    def __init__(self, config, dataset):
+        self.check_config(config)
         config["loss_type"] = "BPR"  # RecBole's SASRec accepts only BPR | CE; it builds the same layers
         try:
             super().__init__(config, dataset)
