@@ -13,7 +13,7 @@ def _run(args, extra: List[str]) -> int:
     from .quick_start import resume, run
 
     if args.resume:
-        if extra or args.config_files:
+        if extra or args.config_files or args.model or args.dataset or args.data_path:
             raise ValueError("--resume continues a run with its saved configuration; drop the other options")
         result = resume(args.resume)
         if result is None:
@@ -21,6 +21,7 @@ def _run(args, extra: List[str]) -> int:
             return 0
         print(json.dumps({"test_result": result["test_result"], "wall_clock_seconds": result["wall_clock_seconds"]}, indent=2))
         return 0
+    args.model, args.dataset = args.model or "DIGER", args.dataset or "ml-100k"
     overrides = parse_overrides(extra)
     if args.data_path:
         overrides.setdefault("data_path", args.data_path)
@@ -50,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=False)
     r = sub.add_parser("run", help="train and evaluate a model (DIGER, TIGER or any RecBole model)",
                        description="Extra --key=value arguments override config keys (RecBole precedence).")
-    r.add_argument("--model", "-m", default="DIGER", help="DIGER | TIGER | a RecBole model name (SASRec, GRU4Rec, Pop, ...)")
-    r.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k, shipped with RecBole)")
+    r.add_argument("--model", "-m", default=None,
+                   help="DIGER (default) | TIGER | SASRecBCE | a RecBole model name (SASRec, GRU4Rec, Pop, ...)")
+    r.add_argument("--dataset", "-d", default=None, help="dataset name (default: ml-100k, shipped with RecBole)")
     r.add_argument("--config_files", "--config-files", nargs="*", default=None, help="YAML config files, later ones win")
     r.add_argument("--data_path", "--data-path", default=None, help="folder holding <dataset>/<dataset>.inter")
     r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run from RUN_DIR/last.pth")

@@ -184,3 +184,10 @@ def test_ctrl_c_prints_the_resume_command(toy_root, monkeypatch, capsys):
     assert main(["run", "--model", "SASRec", "--dataset", "toy", *args]) == 130
     err = capsys.readouterr().err
     assert f"diger run --resume {out.resolve()}" in err and "Traceback" not in err
+
+
+def test_resume_with_other_options_is_refused(toy_root, capsys):
+    from diger.cli import main
+
+    assert main(["run", "--resume", str(toy_root), "--model", "TIGER"]) == 2
+    assert "drop the other options" in capsys.readouterr().err
