@@ -113,6 +113,16 @@ RUNNER_KEYS = frozenset({
 })
 
 
+# Keys RecBole 1.2.1's code reads that none of its YAML files carries (distributed launch, model-specific).
+RECBOLE_CODE_KEYS = frozenset({
+    "nproc", "world_size", "ip", "port", "offset", "local_rank", "single_spec", "device", "model", "dataset",
+    "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "valid_neg_sample_args", "test_neg_sample_args", "verbose",
+    "encoding", "CROP_ITEM_SEQ", "CROP_ITEM_SEQ_LEN", "INVERSE_ITEM_SEQ", "MASK_INDEX", "MASK_ITEM_SEQ",
+    "REORDER_ITEM_SEQ", "NEG_ITEMS", "POS_ITEMS", "cin", "contrast", "eta", "feature_num", "has_residual", "norm",
+    "sim", "tail_ratio", "token_num_threshold", "use_filter", "xgb_early_stopping_rounds",
+})
+
+
 def _yaml_keys(folder: Path) -> set:
     keys = set()
     for f in folder.rglob("*.yaml"):
@@ -135,7 +145,7 @@ def known_keys() -> set:
         import recbole
 
         _KNOWN = _yaml_keys(Path(recbole.__file__).resolve().parent / "properties") | _yaml_keys(PROPERTIES)
-        _KNOWN |= RUNNER_KEYS
+        _KNOWN |= RUNNER_KEYS | RECBOLE_CODE_KEYS
     return _KNOWN
 
 
