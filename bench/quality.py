@@ -4,7 +4,7 @@
     python bench/quality.py --arms SASRec-CE Pop TIGER DIGER-FrqUD --seeds 2020
     python bench/quality.py --smoke               # tiny synthetic data, 1 seed (CI smoke test)
     python bench/quality.py --dataset amazon-beauty-2014 --data_path data \
-        --config_files configs/beauty_cpu.yaml --sid_config_files configs/beauty_cpu.yaml
+        --config_files configs/beauty_protocol.yaml --sid_config_files configs/beauty_cpu.yaml
                                                   # a dataset prepared by `diger data prepare`
     python bench/quality.py --jobs 2 --out q.json # two runs at a time (1 torch thread each); q.json keeps
                                                   # finished runs, so a rerun with the same --out resumes

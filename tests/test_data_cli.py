@@ -119,3 +119,8 @@ def test_beauty_configs():
         assert cfg["eval_args"]["split"] == {"LS": "valid_and_test"} and cfg["eval_args"]["order"] == "TO"
         assert cfg["text_fields"] == ["title", "brand", "categories"] and cfg["topk"] == [5, 10]
         assert cfg["num_beams"] >= max(cfg["topk"])
+    # the protocol-only file used to compare every model: the protocol part of beauty_cpu.yaml, and no
+    # model / optimiser keys (beauty_cpu's weight_decay 0.05 for T5 would cripple RecBole's Adam baselines)
+    proto = yaml.safe_load((REPO / "configs" / "beauty_protocol.yaml").read_text())
+    assert all(cpu[k] == v for k, v in proto.items())
+    assert not {"weight_decay", "learning_rate", "epochs", "train_batch_size", "lr_scheduler"} & set(proto)
