@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table, toy_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CE = {"loss_type": "CE", "train_neg_sample_args": None}
 ARMS = {
     "SASRec-CE": ("SASRec", ["SASRec.yaml"], {}),
     "SASRec-BCE": ("SASRecBCE", ["SASRec-BCE.yaml"], {}),

@@ -17,9 +17,11 @@ from typing import Dict, Iterable, List, Optional
 import yaml
 
 from . import compat  # noqa: F401  (RecBole shims before RecBole imports)
+import recbole
 from recbole.config import Config
 
 PROPERTIES = Path(__file__).resolve().parent / "properties"
+RECBOLE_PROPERTIES = Path(recbole.__file__).resolve().parent / "properties"
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -86,13 +88,9 @@ class DigerConfig(Config):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         chain = getattr(model_class, "config_chain", (model,))
-        import recbole
-
         # A subclass of a RecBole model (SASRecBCE) inherits its parent's RecBole defaults first.
-        recbole_models = Path(recbole.__file__).resolve().parent / "properties" / "model"
-        files = [recbole_models / f"{n}.yaml" for n in chain if n != model]
-        for n in chain:
-            files.append(PROPERTIES / "model" / f"{n}.yaml")
+        files = [RECBOLE_PROPERTIES / "model" / f"{n}.yaml" for n in chain if n != model]
+        files += [PROPERTIES / "model" / f"{n}.yaml" for n in chain]
         files.append(PROPERTIES / "dataset" / f"{dataset}.yaml")
         files += [PROPERTIES / "dataset" / f"{dataset}-{n}.yaml" for n in chain]
         for f in files:
@@ -139,12 +137,10 @@ _KNOWN: Optional[set] = None
 
 
 def known_keys() -> set:
-    """Every key RecBole 1.2.1 or this package documents: their default YAMLs plus :data:`RUNNER_KEYS`."""
+    """Every key RecBole 1.2.1 or this package reads: their default YAMLs, :data:`RUNNER_KEYS` and :data:`RECBOLE_CODE_KEYS`."""
     global _KNOWN
     if _KNOWN is None:
-        import recbole
-
-        _KNOWN = _yaml_keys(Path(recbole.__file__).resolve().parent / "properties") | _yaml_keys(PROPERTIES)
+        _KNOWN = _yaml_keys(RECBOLE_PROPERTIES) | _yaml_keys(PROPERTIES)
         _KNOWN |= RUNNER_KEYS | RECBOLE_CODE_KEYS
     return _KNOWN
 

@@ -29,7 +29,7 @@ from .models import BASELINES, MODELS
 from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_logger, init_seed
+from recbole.utils import ModelType, get_model, init_logger, init_seed
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,6 @@ def make_config(model: Union[str, type] = "DIGER", dataset: str = "ml-100k",
     check_mappings(config)
     if hasattr(model_class, "check_config"):
         model_class.check_config(config)
-    from recbole.utils import ModelType
-
     # RecBole's TraditionalTrainer (Pop, ItemKNN) always fits for exactly one epoch
     if model_class.type != ModelType.TRADITIONAL and config["epochs"] is not None and config["epochs"] <= 0:
         warnings.warn(f"epochs={config['epochs']}: nothing is trained; the untrained model is evaluated",
@@ -295,18 +293,17 @@ def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resu
     trainer = trainer_class(model_class)(config, net)
     global current_run_dir
     current_run_dir = str(out_dir.resolve())  # for the CLI's resume hint on Ctrl-C
-    trainer.run_start = start
     this_process = start
     if resume_file:
         trainer.resume_last(resume_file, train_data)
         start -= trainer.elapsed_before  # count the time spent before the interruption too
-        trainer.run_start = start
     elif ddist.is_main():  # written once the model is built, so a bad config leaves no run folder behind
         _write_json(out_dir / "run.json", {
             "model": config["model"], "dataset": config["dataset"], "checkpoint_dir": str(config["checkpoint_dir"]),
             "run_config": portable_run_config({**config.external_config_dict, "output_dir": str(out_dir.resolve()),
                                                "checkpoint_dir": str(config["checkpoint_dir"])}),
         })
+    trainer.run_start = start
     show = bool(config["show_progress"])
     best_score, best_valid = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)

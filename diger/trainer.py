@@ -92,6 +92,8 @@ class SafeCheckpointTrainer(Trainer):
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        self.run_start = None  # time.time() at the run's (virtual) start; set by the runner
+        self.elapsed_before = 0.0  # seconds the run had spent before the checkpoint it resumed from
         if not config["single_spec"]:  # file names carry a time stamp that may differ between ranks
             self.saved_model_file = ddist.broadcast_object(self.saved_model_file)
 
@@ -174,7 +176,7 @@ class SafeCheckpointTrainer(Trainer):
             "saved_model_file": self.saved_model_file,
             "rng": rng,
             # wall clock of the run so far (seconds), so a resumed run reports the whole run's time
-            "elapsed_seconds": time.time() - self.run_start if getattr(self, "run_start", None) else None,
+            "elapsed_seconds": time.time() - self.run_start if self.run_start else None,
             **({"rng_by_rank": by_rank} if by_rank else {}),
             **self._extra_state(),
         }
