@@ -87,6 +87,9 @@ class SoftGRPOConfig:
     loss_type: str = _f("token_mean", "'token_mean' (verl token-mean) or 'sequence_mean' (TRL 'grpo')")
     reward_funcs: List[str] = _f(["math_verify"], "reward names: 'math_verify' and/or 'task_scorer'")
     reward_weights: Optional[List[float]] = _f(None, "weights of reward_funcs (default all 1)")
+    correctness_reward: Optional[str] = _f(None, "reward that decides correctness in `softthink eval` (a sample is "
+                                           "correct when it is >= 1): a reward_funcs name or import path; None = "
+                                           "the only entry of reward_funcs (an error when it lists several)")
 
     # --- lengths -------------------------------------------------------------------------------------
     max_prompt_length: int = _f(1024, "prompts longer than this (tokens) raise an error")
@@ -121,7 +124,8 @@ class SoftGRPOConfig:
     gaussian_sigma: float = _f(0.05, "'gaussian': std of the noise on the top-K probabilities (official 0.05)")
     embed_noise_std: float = _f(0.5, "'embedding_gaussian': noise std as a multiple of the embedding RMS "
                                 "(Butt et al. set sigma relative to the embedding norm; value unverified)")
-    cold_stop_entropy: float = _f(0.0, "Cold Stop: entropy threshold (nats) of the thinking distribution; 0 = off")
+    cold_stop_entropy: float = _f(0.0, "Cold Stop: entropy threshold (nats) of the full softmax(logits / temperature) "
+                                  "of a thinking step (before top-k/top-p); 0 = off")
     cold_stop_steps: int = _f(256, "Cold Stop: end thinking after this many consecutive low-entropy steps")
 
     # --- adapters (peft; TRL ModelConfig names) --------------------------------------------------------
@@ -180,6 +184,8 @@ class SoftGRPOConfig:
             raise bad("loss_type", "expected 'token_mean' or 'sequence_mean'")
         if not self.reward_funcs:
             raise bad("reward_funcs", "needs at least one reward")
+        if self.correctness_reward is not None and not self.correctness_reward:
+            raise bad("correctness_reward", "must be a reward name or import path, or null")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise bad("reward_weights", f"needs {len(self.reward_funcs)} values, one per reward_funcs entry")
         for name in ("temperature", "gumbel_tau"):

@@ -14,13 +14,19 @@ Boxed-answer policy (pinned; ECOSYSTEM.md §8 "Last-box policy", SofT-GRPO-metho
    the trainer's nan-aware sum), as TRL's ``accuracy_reward`` does.
 
 Completions may be strings or TRL conversational lists ``[{"role": "assistant", "content": ...}]``.
+
+Dataset columns: a reward function may declare the columns it reads as ``f.dataset_columns``, a tuple of
+requirements, each a tuple of alternative column names (``math_verify_reward``: ``(("answer", "solution"),)``);
+:func:`required_columns` reads it (or, without it, the required named parameters of ``f``), and the trainer and
+``softthink eval`` check them against the dataset before anything is generated.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     "extract_boxed",
@@ -29,6 +35,7 @@ __all__ = [
     "math_verify_reward",
     "task_scorer_reward",
     "get_reward_funcs",
+    "required_columns",
     "REWARD_FUNCS",
 ]
 
@@ -173,6 +180,33 @@ def task_scorer_reward(prompts: Sequence[Any], completions: Sequence[Any], *, en
         # unboxed "a + b = c" completions that stop before the answer phase.)
         out.append(0.0 if ans is None else float(fn(ans, ent)))
     return out
+
+
+math_verify_reward.dataset_columns = (("answer", "solution"),)
+task_scorer_reward.dataset_columns = (("entry",),)
+
+#: Keyword arguments every reward call gets besides the dataset columns (TRL's reward signature plus ``think_end``).
+REWARD_ARGS = ("prompts", "completions", "completion_ids", "think_end")
+
+
+def required_columns(func: Callable) -> Tuple[Tuple[str, ...], ...]:
+    """Dataset columns ``func`` reads: its declared ``dataset_columns`` (tuples of alternative names), else each
+    required named parameter of its signature that is not one of :data:`REWARD_ARGS` (a ``**kwargs`` reader
+    declares nothing and is checked only when it is called).
+
+    >>> required_columns(math_verify_reward)
+    (('answer', 'solution'),)
+    """
+    declared = getattr(func, "dataset_columns", None)
+    if declared is not None:
+        return tuple(tuple(alt) for alt in declared)
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # builtins / C callables without a signature
+        return ()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple((p.name,) for p in params
+                 if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in REWARD_ARGS)
 
 
 REWARD_FUNCS: Dict[str, Callable[..., List[Optional[float]]]] = {

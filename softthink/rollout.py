@@ -29,7 +29,21 @@ from .noise import embedding_rms, make_noise
 from .sampling import filter_distribution, filter_sparse, mix_embeddings
 
 __all__ = ["Trajectory", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions",
-           "GroupGenerators"]
+           "GroupGenerators", "NonFiniteLogitsError", "chat_end_of_turn_id"]
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """The model's next-token logits were NaN or +inf (or all -inf) for some rows during a rollout.
+
+    Attributes:
+        position: 0-based completion position (rollout step) at which it happened.
+        rows: the batch rows affected (at least one).
+        what: short description, e.g. ``"NaN logits"``.
+    """
+
+    def __init__(self, message: str, position: int, rows: List[int], what: str):
+        super().__init__(message)
+        self.position, self.rows, self.what = int(position), [int(r) for r in rows], what
 
 
 class GroupGenerators:
@@ -212,6 +226,30 @@ def call_model(model, *, cache=None, logits_to_keep: Optional[int] = None, **kwa
     return logits, new_cache
 
 
+def chat_end_of_turn_id(tokenizer) -> Optional[int]:
+    """The special token with which the tokenizer's chat template closes an assistant turn, or None.
+
+    Renders ``[user, assistant]`` with the chat template and returns the first token after the assistant's
+    text if it is a special token: ``<|im_end|>`` for Qwen2.5 (whose EOS is ``<|endoftext|>``), ``<|eot_id|>``
+    for Llama 3, ``<end_of_turn>`` for Gemma. None without a chat template, when the template cannot render
+    that conversation, or when the turn ends with ordinary text.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    mark = "softthinkturnmark"
+    try:
+        turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+    except Exception:  # a template that rejects this conversation (jinja raise_exception, role checks, ...)
+        return None
+    if not isinstance(text, str) or mark not in text:
+        return None
+    ids = tokenizer.encode(text.split(mark, 1)[1].lstrip(), add_special_tokens=False)
+    special = set(tokenizer.all_special_ids) | {
+        int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    return int(ids[0]) if ids and ids[0] in special else None
+
+
 def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
     """``[B, P]`` position ids of left-padded prompts: ``(mask.cumsum(-1) - 1).clamp(min=0)``."""
     return (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -224,7 +262,8 @@ class SoftRollout:
         model: any ``AutoModelForCausalLM``-style module accepting ``inputs_embeds``, ``position_ids`` and a cache.
         tokenizer: its tokenizer (used to resolve the think-end marker and, in string mode, to decode).
         cfg: the run configuration (sampling, soft-thinking and think-boundary fields).
-        eos_token_ids: ids that end a completion (default: the tokenizer's EOS plus ``generation_config``'s).
+        eos_token_ids: ids that end a completion (default: the tokenizer's EOS, ``generation_config``'s and the
+            chat template's end-of-turn token, :func:`chat_end_of_turn_id`).
     """
 
     def __init__(self, model, tokenizer, cfg: SoftGRPOConfig, eos_token_ids: Optional[Sequence[int]] = None):
@@ -240,6 +279,9 @@ class SoftRollout:
             gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
             if gen_eos is not None:
                 eos.update([int(gen_eos)] if isinstance(gen_eos, int) else [int(e) for e in gen_eos])
+            turn_end = chat_end_of_turn_id(tokenizer)
+            if turn_end is not None:
+                eos.add(turn_end)
             eos_token_ids = sorted(eos)
         if not eos_token_ids:
             raise ValueError("SoftRollout: no EOS token id (tokenizer.eos_token_id is None and none was given)")
@@ -267,6 +309,10 @@ class SoftRollout:
             max_new_tokens: default ``cfg.max_completion_length``.
         Returns:
             :class:`Trajectory` with ``L <= max_new_tokens``.
+        Raises:
+            NonFiniteLogitsError: when a step's logits (after ``logits_hook``) are NaN or +inf, or all -inf, for
+                some row (naming the step and the batch rows).
+            ValueError: if ``generator`` is a :class:`GroupGenerators` that does not cover the batch.
         """
         cfg, model = self.cfg, self.model
         if isinstance(generator, GroupGenerators) and generator.num_rows != prompt_ids.shape[0]:
@@ -321,6 +367,14 @@ class SoftRollout:
             lg = logits[:, -1].float()
             if logits_hook is not None:
                 lg = logits_hook(step, lg).float()
+            nan, pinf, ninf = torch.isnan(lg).any(-1), torch.isposinf(lg).any(-1), torch.isneginf(lg).all(-1)
+            bad = nan | pinf | ninf
+            if bool(bad.any()):  # torch.multinomial would fail on them with an opaque message
+                rows = bad.nonzero().flatten().tolist()
+                b = rows[0]
+                what = "NaN logits" if nan[b] else ("+inf logits" if pinf[b] else "all logits -inf")
+                raise NonFiniteLogitsError(f"rollout step {step}: the model produced {what} for batch rows {rows}",
+                                           step, rows, what)
             forcing = force_pos >= 0
             # Sparse filtered distributions ([B, top_k] values and ids): sampling cost independent of V.
             v_ans, i_ans = filter_sparse(lg, Ta, cfg.after_thinking_top_k, cfg.after_thinking_top_p,
@@ -407,10 +461,11 @@ class SoftRollout:
                 force_kind = torch.where(over, torch.zeros_like(force_kind), force_kind)
                 budget_hit |= over & live
             if cold_on:
-                # Cold Stop: count consecutive thinking steps whose filtered distribution has low entropy; after
-                # cold_stop_steps of them the marker is fed as forced tokens from the next step.
-                pth = v_th / v_th.sum(-1, keepdim=True)
-                ent = -(pth * pth.clamp_min(1e-30).log()).sum(-1)
+                # Cold Stop: count consecutive thinking steps whose next-token distribution has low entropy; after
+                # cold_stop_steps of them the marker is fed as forced tokens from the next step. The entropy is
+                # that of the full softmax(logits / T), as in Soft Thinking, not of the top-k/top-p filtered one
+                # (which is 0 whenever the top token alone reaches top_p).
+                ent = torch.special.entr(scaled.softmax(-1)).sum(-1)  # thinking rows: scaled = logits / T
                 step_think = in_think & ~ended & live
                 low_run = torch.where(step_think, torch.where(ent < cfg.cold_stop_entropy, low_run + 1,
                                                               torch.zeros_like(low_run)), low_run)
