@@ -127,6 +127,8 @@ def cmd_eval(a) -> int:
     over = {}
     if a.num_problems is not None:
         over["eval_dataset_size"] = a.num_problems
+    if a.correctness_reward is not None:
+        over["correctness_reward"] = a.correctness_reward
     if over:
         cfg = dataclasses.replace(cfg, **over)
     _setup(cfg)
@@ -188,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", default="1,4,8", help="comma-separated k values (each <= n)")
     e.add_argument("--config", help="YAML config (default: the one saved with the model)")
     e.add_argument("--num-problems", type=int, help="held-out problems (default: eval_dataset_size)")
-    e.add_argument("--batch-size", type=int, default=32, help="completions per generation batch")
+    e.add_argument("--correctness-reward", metavar="NAME",
+                   help="reward that decides correctness (>= 1 = correct); default: the config's correctness_reward, "
+                        "or its only reward_funcs entry")
+    e.add_argument("--batch-size", type=int, default=32,
+                   help="completions per generation batch (does not change the results)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--output", help="output JSON (default: <model dir>/eval.json)")
     e.add_argument("--trust-remote-code", action="store_true")
@@ -206,12 +212,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(a, "num_samples", 1) is not None and getattr(a, "num_samples", 1) < 1:
         raise SystemExit("--num-samples must be >= 1")
     from .checkpoint import CheckpointError
+    from .rollout import NonFiniteLogitsError
     from .trainer import RewardFunctionError
 
     try:
         return int(a.func(a) or 0)
-    except (ValueError, FileNotFoundError, TypeError, CheckpointError, RewardFunctionError) as exc:
-        # bad config, path, value, checkpoint or reward function: one clear line
+    except (ValueError, FileNotFoundError, TypeError, CheckpointError, RewardFunctionError,
+            NonFiniteLogitsError) as exc:
+        # bad config, path, value, checkpoint, reward function or diverged model: one clear line
         print(f"softthink: error: {exc}", file=sys.stderr)
         return 2
 

@@ -2,6 +2,11 @@
 
 ``pass@k = 1 - C(n - c, k) / C(n, k)`` (Chen et al. 2021), computed in the stable product form
 ``1 - prod_{i=n-c+1}^{n} (1 - k / i)``; averaged over problems. ``k > n`` is an error, never clipped.
+
+Sample ``j`` of problem ``i`` draws from its own generator seeded with ``prompt_seed(seed, i, j)``
+(:func:`softthink.distributed.prompt_seed`, as training seeds each prompt), so results do not depend on the batch
+size. A sample is correct when the reward named by ``correctness_reward`` (or the only reward) is >= 1; it gets
+exactly the arguments training gives it (:func:`softthink.trainer.score_completions`).
 """
 from __future__ import annotations
 
@@ -9,17 +14,21 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from .config import SoftGRPOConfig
+from .distributed import prompt_seed
 from .rewards import get_reward_funcs
-from .rollout import SoftRollout
-from .trainer import _is_conversational, atomic_write_text, decode_completions, tokenize_prompts
+from .rollout import GroupGenerators, NonFiniteLogitsError, SoftRollout, Trajectory
+from .trainer import (_preview, atomic_write_text, check_reward_columns, completion_token_ids, dataset_rows,
+                      decode_completions, score_completions, tokenize_prompts)
 
-__all__ = ["pass_at_k", "pass_at_k_binomial", "mode_config", "evaluate_model", "INFERENCE_MODES", "write_eval"]
+__all__ = ["pass_at_k", "pass_at_k_binomial", "mode_config", "evaluate_model", "INFERENCE_MODES", "write_eval",
+           "correctness_reward_name", "think_traces"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -87,7 +96,7 @@ def mode_config(cfg: SoftGRPOConfig, mode: str, *, cold_stop_entropy: Optional[f
     """The config of inference ``mode`` (one of :data:`INFERENCE_MODES`; SofT-GRPO-method.md §8).
 
     Every mode keeps the run's think boundary, thinking budget and answer prefix. Cold Stop (thinking ends after
-    ``cold_stop_steps`` consecutive steps whose filtered-distribution entropy is below ``cold_stop_entropy``
+    ``cold_stop_steps`` consecutive steps whose entropy of ``softmax(logits / T)`` is below ``cold_stop_entropy``
     nats) is on in ``"soft_thinking"`` (default threshold :data:`DEFAULT_COLD_STOP_ENTROPY` when the config has
     it off) and off (0) in the other modes unless ``cold_stop_entropy`` is given.
 
@@ -111,6 +120,29 @@ def mode_config(cfg: SoftGRPOConfig, mode: str, *, cold_stop_entropy: Optional[f
     return dataclasses.replace(cfg, **over)
 
 
+def correctness_reward_name(cfg: SoftGRPOConfig) -> str:
+    """The reward that decides correctness: ``cfg.correctness_reward``, or the only entry of ``cfg.reward_funcs``.
+
+    Raises:
+        ValueError: when ``reward_funcs`` lists several rewards and ``correctness_reward`` is not set.
+    """
+    if cfg.correctness_reward:
+        return cfg.correctness_reward
+    if len(cfg.reward_funcs) == 1:
+        return cfg.reward_funcs[0]
+    raise ValueError(f"reward_funcs={cfg.reward_funcs} lists several rewards; set correctness_reward (config key, or "
+                     "`softthink eval --correctness-reward NAME`) to the one that scores correctness (a sample is "
+                     "correct when it is >= 1)")
+
+
+def think_traces(traj: Trajectory) -> List[tuple]:
+    """Per completion, a hashable key of its thinking trace: the readable token and the mixed top-K ids of every
+    thinking position (before the answer phase). Equal keys mean the same thinking."""
+    think = traj.resp_mask & ~traj.answer_phase
+    return [(tuple(traj.tok[b][think[b]].tolist()), tuple(map(tuple, traj.ids[b][think[b]].tolist())))
+            for b in range(traj.tok.shape[0])]
+
+
 def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str, num_samples: int,
                    ks: Sequence[int], batch_size: int = 32, seed: int = 0, progress: bool = True,
                    cold_stop_entropy: Optional[float] = None, cold_stop_steps: Optional[int] = None,
@@ -118,20 +150,25 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
     """Sample ``num_samples`` completions per problem and score them.
 
     Args:
-        dataset: rows with ``prompt`` and the reward's columns (``answer`` / ``entry``).
+        dataset: rows with ``prompt`` and the columns the correctness reward reads (``answer`` / ``entry``).
         mode: one of :data:`INFERENCE_MODES` (:func:`mode_config`); its settings are recorded in
             ``result["settings"]``.
         cold_stop_entropy, cold_stop_steps: Cold Stop overrides (see :func:`mode_config`).
         eos_token_ids: forwarded to :class:`~softthink.rollout.SoftRollout`.
         ks: the k values of pass@k; each must be ``<= num_samples``.
         batch_size: completions generated per rollout batch (rounded down to a multiple of ``num_samples``
-            when larger).
+            when larger); it does not change the results (per-sample generators, see the module docstring).
+        seed: sample ``j`` of problem ``i`` is drawn with ``prompt_seed(seed, i, j)``.
     Returns:
         A JSON-ready dict: ``pass@1``, ``pass@k`` per k, ``num_problems``, ``num_samples``, per-problem
-        correct counts, mean completion length and the settings used.
+        correct counts, ``correctness_reward``, ``think/distinct_traces`` (distinct thinking traces per problem;
+        None without a thinking phase), mean completion length and the settings used. Warns when every problem's
+        samples share one thinking trace (e.g. plain Soft Thinking: pass@k then measures only answer sampling).
     Raises:
-        ValueError: if some ``k > num_samples`` or the dataset is empty. A sample counts as correct when the
-            first configured reward is >= 1.
+        ValueError: if some ``k > num_samples``, the dataset is empty, lacks a column the correctness reward reads,
+            or the correctness reward is ambiguous (:func:`correctness_reward_name`).
+        RewardFunctionError: when the correctness reward fails (naming the problem's dataset row).
+        NonFiniteLogitsError: NaN/inf logits (naming the problem's dataset row and the sample index).
     """
     ks = sorted(set(int(k) for k in ks))
     for k in ks:
@@ -139,16 +176,17 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
             raise ValueError(f"--k {k} > --num-samples {num_samples}: pass@k needs k <= n")
         if k < 1:
             raise ValueError(f"--k values must be >= 1, got {k}")
-    rows = [dict(r) for r in dataset]
-    if not rows:
-        raise ValueError("evaluation dataset is empty")
+    rows = dataset_rows(dataset, "evaluation dataset")
     mcfg = mode_config(cfg, mode, cold_stop_entropy=cold_stop_entropy, cold_stop_steps=cold_stop_steps)
-    reward = get_reward_funcs(mcfg.reward_funcs[:1])[0]
+    reward_name = correctness_reward_name(mcfg)
+    reward = get_reward_funcs([reward_name])
+    check_reward_columns(reward, [reward_name], rows[0].keys(), "the evaluation dataset")
     device = next(model.parameters()).device
     roll = SoftRollout(model, tokenizer, mcfg, eos_token_ids=eos_token_ids)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    per_batch = max(1, batch_size // num_samples)
+    n = num_samples
+    per_batch = max(1, batch_size // n)
     counts: List[int] = []
+    distinct: List[int] = []
     lengths: List[float] = []
     think_lens: List[float] = []
     n_cold = 0
@@ -158,24 +196,40 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
 
     for i in tqdm(range(0, len(rows), per_batch), desc=f"eval {mode}", disable=not progress):
         chunk = rows[i : i + per_batch]
-        rep = [r for r in chunk for _ in range(num_samples)]
-        pids, pmask = tokenize_prompts(tokenizer, [r["prompt"] for r in rep], mcfg.max_prompt_length, device)
-        traj = roll.generate(pids, pmask, generator=gen)
+        rep = [r for r in chunk for _ in range(n)]
+        row_ids = [i + j // n for j in range(len(rep))]
+        pids, pmask = tokenize_prompts(tokenizer, [r["prompt"] for r in rep], mcfg.max_prompt_length, device,
+                                       row_ids=row_ids)
+        gens = GroupGenerators([torch.Generator(device=device).manual_seed(prompt_seed(seed, q, j))
+                                for q in range(i, i + len(chunk)) for j in range(n)], [1] * len(rep))
+        try:
+            traj = roll.generate(pids, pmask, generator=gens)
+        except NonFiniteLogitsError as exc:
+            b = exc.rows[0]
+            raise NonFiniteLogitsError(
+                f"eval {mode}: {exc.what} at completion position {exc.position} of dataset row {row_ids[b]} "
+                f"(prompt {_preview(rep[b]['prompt'])}), sample {b % n} of {n}", exc.position, exc.rows,
+                exc.what) from None
         texts = decode_completions(tokenizer, traj)
-        conv = _is_conversational(rep[0]["prompt"])
-        comps = [[{"role": "assistant", "content": t}] for t in texts] if conv else texts
-        cols = {k: [r[k] for r in rep] for k in rep[0] if k != "prompt"}
-        vals = reward(prompts=[r["prompt"] for r in rep], completions=comps, think_end=mcfg.think_end, **cols)
-        ok = [v is not None and v >= 1.0 - 1e-9 for v in vals]
+        vals = score_completions(reward, [reward_name], rep, texts, completion_token_ids(traj),
+                                 think_end=mcfg.think_end, row_ids=row_ids)[:, 0]
+        ok = (vals >= 1.0 - 1e-9).tolist()  # NaN (None, "not applicable") is not correct
         lengths.extend(traj.resp_mask.sum(1).float().tolist())
         think_lens.extend(traj.think_len.float().tolist())
         n_cold += int(traj.cold_stopped.sum())
+        traces = think_traces(traj)
         for j in range(len(chunk)):
-            counts.append(int(sum(ok[j * num_samples : (j + 1) * num_samples])))
+            counts.append(int(sum(ok[j * n : (j + 1) * n])))
+            distinct.append(len(set(traces[j * n : (j + 1) * n])))
             if len(examples) < 5:
                 examples.append({"question": chunk[j].get("question"), "answer": chunk[j].get("answer"),
-                                 "completion": texts[j * num_samples], "correct": ok[j * num_samples]})
-    n = num_samples
+                                 "completion": texts[j * n], "correct": ok[j * n]})
+    thinks = mcfg.use_thinking
+    if thinks and n > 1 and max(distinct) == 1:
+        plain = mcfg.soft_thinking and mcfg.soft_noise == "none"
+        why = " (plain Soft Thinking thinks deterministically)" if plain else ""
+        warnings.warn(f"eval {mode}: all {n} samples of every problem share one thinking trace{why}, so pass@k "
+                      "measures only the sampling of the answer", UserWarning, stacklevel=2)
     res: Dict[str, Any] = {
         "mode": mode,
         "num_problems": len(counts),
@@ -189,12 +243,15 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
         res[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in counts) / len(counts)
     res.update({
         "estimator": "unbiased (Chen et al. 2021)",
+        "correctness_reward": reward_name,
         "correct_counts": counts,
+        "think/distinct_traces": distinct if thinks else None,
         "completions/mean_length": sum(lengths) / len(lengths),
         "think/mean_length": sum(think_lens) / len(think_lens),
         "think/cold_stop_rate": n_cold / len(think_lens),
         "seconds": time.time() - t0,
-        "settings": {"mode": mode, "seed": seed, **{k: getattr(mcfg, k) for k in SETTINGS_FIELDS}},
+        "settings": {"mode": mode, "seed": seed, **{k: getattr(mcfg, k) for k in SETTINGS_FIELDS},
+                     "correctness_reward": reward_name},
         "examples": examples,
     })
     return res

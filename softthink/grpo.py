@@ -1,6 +1,16 @@
 """GRPO pieces: group advantages, k3 KL, PPO clip with dual clip, token-mean loss (SofT-GRPO-method.md §5, §6).
 
 Pure tensor functions with documented shapes, returning ``(loss, metrics)`` like verl's registered losses.
+
+Loss normalisation: the loss of an optimiser step is the token mean (or the sequence mean) over *all* of the
+step's completions, whatever their split into micro-batches and processes: each micro-batch's loss is its sum
+divided by the step's total (:func:`loss_normalizer` summed over the micro-batches and all-reduced over the
+processes). verl 0.4 (the paper's stack, SofT-GRPO-method.md §5) divides each micro-batch's own token mean by
+the number of micro-batches instead, which weighs the tokens of short micro-batches more.
+
+Unscorable completions (every reward function returned None, TRL's "not applicable") carry a NaN reward: they
+are left out of their group's mean and std (:func:`group_advantages`, TRL's ``nanmean`` / ``nanstd``) and get
+advantage 0; the trainer also leaves them out of the loss.
 """
 from __future__ import annotations
 
@@ -8,7 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["group_advantages", "k3_kl", "policy_loss", "masked_mean"]
+__all__ = ["group_advantages", "k3_kl", "policy_loss", "masked_mean", "nanstd", "loss_normalizer"]
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -17,17 +27,40 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp(min=1.0)
 
 
+def nanstd(x: torch.Tensor, dim: Optional[int] = None, keepdim: bool = False) -> torch.Tensor:
+    """Unbiased standard deviation ignoring NaN entries (TRL's ``nanstd``); NaN where fewer than 2 values.
+
+    Args:
+        x: float tensor, NaN = missing.
+        dim: reduced dimension (None = all elements).
+    Returns:
+        The std over ``dim`` (a 0-d tensor when ``dim`` is None).
+    """
+    valid = ~torch.isnan(x)
+    n = valid.sum() if dim is None else valid.sum(dim, keepdim=True)
+    mean = x.nanmean() if dim is None else x.nanmean(dim, keepdim=True)
+    sq = torch.where(valid, (x - mean) ** 2, torch.zeros_like(x))
+    ss = sq.sum() if dim is None else sq.sum(dim, keepdim=True)
+    std = torch.sqrt(ss / (n - 1).clamp(min=0)).where(n > 1, torch.full_like(ss, float("nan")))
+    return std if dim is None or keepdim else std.squeeze(dim)
+
+
 def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale: str = "group",
                      eps: float = 1e-6) -> torch.Tensor:
     """GRPO advantages ``A_j = (R_j - mean_group) / (std_group + eps)`` (SofT-GRPO-method.md §6, §11.3.6).
 
+    NaN rewards (unscorable completions: every reward function returned None) are left out of their group's mean
+    and std, as TRL's ``nanmean`` / ``nanstd`` do, and get advantage 0; e.g. ``[nan, 1, 0, 1]`` gives
+    ``[0, 0.577, -1.155, 0.577]``.
+
     Args:
-        rewards: ``[N]`` float, groups of ``num_generations`` contiguous completions.
+        rewards: ``[N]`` float, groups of ``num_generations`` contiguous completions; NaN = unscorable.
         num_generations: group size G >= 2.
         scale: ``"group"`` (unbiased group std, verl/TRL default), ``"batch"`` (batch std) or ``"none"``.
         eps: added to the std.
     Returns:
-        ``[N]`` float32 advantages; exactly 0 for every member of a group whose rewards are all equal.
+        ``[N]`` float32 advantages; exactly 0 for unscorable completions and for every member of a group whose
+        scorable rewards are all equal (or fewer than 2).
     Raises:
         ValueError: if ``N`` is not divisible by ``num_generations`` or G < 2.
     """
@@ -37,16 +70,18 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale: str 
     if n % num_generations:
         raise ValueError(f"group_advantages: {n} rewards are not divisible by num_generations={num_generations}")
     r = rewards.float().view(-1, num_generations)
-    mean = r.mean(-1, keepdim=True)
-    adv = r - mean
+    valid = ~torch.isnan(r)
+    adv = r - r.nanmean(-1, keepdim=True)
     if scale == "group":
-        adv = adv / (r.std(-1, unbiased=True, keepdim=True) + eps)
+        adv = adv / (nanstd(r, -1, keepdim=True) + eps)
     elif scale == "batch":
-        adv = adv / (r.std(unbiased=True) + eps)
+        adv = adv / (nanstd(r) + eps)
     elif scale != "none":
         raise ValueError(f"group_advantages: scale must be 'group', 'batch' or 'none', got {scale!r}")
-    same = (r == r[:, :1]).all(-1, keepdim=True)
-    return torch.where(same, torch.zeros_like(adv), adv).view(-1)
+    hi = r.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
+    lo = r.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
+    same = hi == lo  # all scorable rewards equal (one scorable completion included); all-NaN groups: adv NaN
+    return torch.where(same | ~valid, torch.zeros_like(adv), adv).view(-1)
 
 
 def k3_kl(ell: torch.Tensor, ell_ref: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
@@ -56,6 +91,21 @@ def k3_kl(ell: torch.Tensor, ell_ref: torch.Tensor, clamp: float = 10.0) -> torc
     """
     d = ell_ref - ell
     return (torch.exp(d) - d - 1.0).clamp(-clamp, clamp)
+
+
+def loss_normalizer(mask: torch.Tensor, loss_type: str = "token_mean") -> float:
+    """The units a loss averages over: loss tokens (``"token_mean"``) or sequences with at least one loss token
+    (``"sequence_mean"``) in ``mask [B, L]``. Sum it over a step's micro-batches (and processes) and pass the
+    total to :func:`policy_loss` as ``normalizer``.
+
+    Raises:
+        ValueError: on an unknown ``loss_type``.
+    """
+    if loss_type == "token_mean":
+        return float(mask.sum())
+    if loss_type == "sequence_mean":
+        return float((mask.sum(-1) > 0).sum())
+    raise ValueError(f"policy_loss: loss_type must be 'token_mean' or 'sequence_mean', got {loss_type!r}")
 
 
 def policy_loss(
@@ -71,12 +121,13 @@ def policy_loss(
     ell_ref: Optional[torch.Tensor] = None,
     kl_clamp: float = 10.0,
     loss_type: str = "token_mean",
-    num_micro_batches: int = 1,
+    normalizer: Optional[float] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """PPO-clip loss with dual clip and k3 KL, aggregated per token (SofT-GRPO-method.md §5, §11.5).
+    """PPO-clip loss with dual clip and k3 KL, aggregated per token or per sequence (SofT-GRPO-method.md §5, §11.5).
 
     ``r = exp(ell - ell_old)``; ``pg = max(-A r, -A clip(r, 1-eps, 1+eps_high))``; where ``A < 0``,
-    ``pg = min(pg, -c A)``; ``loss = agg(pg) + beta * agg(k3(ell, ell_ref))``, divided by ``num_micro_batches``.
+    ``pg = min(pg, -c A)``; ``loss = (agg(pg) + beta * agg(k3(ell, ell_ref))) / normalizer``, where ``agg`` sums
+    over the masked tokens (``"token_mean"``) or sums the per-sequence token means (``"sequence_mean"``).
 
     Args:
         ell: ``[B, L]`` log-likelihoods under the current policy (differentiable).
@@ -84,15 +135,25 @@ def policy_loss(
         advantages: ``[B]`` or ``[B, 1]`` per-completion advantages.
         mask: ``[B, L]`` bool/0-1, tokens that carry loss.
         ell_ref: ``[B, L]`` frozen-reference log-likelihoods; required when ``beta > 0``.
-        loss_type: ``"token_mean"`` (masked mean over all tokens of the micro-batch, verl ``token-mean``) or
-            ``"sequence_mean"`` (per-sequence token mean, then mean: TRL ``grpo``).
+        loss_type: ``"token_mean"`` (mean over every loss token, verl ``token-mean``) or ``"sequence_mean"``
+            (per-sequence token mean, then the mean over sequences: TRL ``grpo``).
+        normalizer: the optimiser step's total of :func:`loss_normalizer` over all its micro-batches (with
+            gradients averaged over N processes: the all-reduced total divided by N), so that the micro-batch
+            losses add up to the step's mean whatever the split; None = this batch's own total (the loss is then
+            this batch's mean).
     Returns:
-        ``(loss, metrics)`` with metrics ``policy_loss``, ``kl``, ``clip_ratio/low_mean``,
-        ``clip_ratio/high_mean``, ``clip_ratio/region_mean`` (fractions of masked tokens) as Python floats.
+        ``(loss, metrics)``; metrics are this batch's own means (independent of ``normalizer``), as Python
+        floats: ``policy_loss``, ``kl`` (with ``beta > 0``; same aggregation as the loss), and
+        ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean`` (fractions of masked tokens).
     Raises:
-        ValueError: if ``beta > 0`` and ``ell_ref`` is None, or on an unknown ``loss_type``.
+        ValueError: if ``beta > 0`` and ``ell_ref`` is None, on an unknown ``loss_type``, or ``normalizer <= 0``.
     """
     eps_hi = epsilon if epsilon_high is None else epsilon_high
+    own = max(loss_normalizer(mask, loss_type), 1.0)
+    if normalizer is None:
+        normalizer = own
+    elif not normalizer > 0:
+        raise ValueError(f"policy_loss: normalizer must be > 0, got {normalizer}")
     A = advantages.reshape(-1, 1).to(ell.dtype)
     mask_f = mask.to(ell.dtype)
     ratio = torch.exp(ell - ell_old.detach())
@@ -104,25 +165,21 @@ def policy_loss(
 
     def agg(x: torch.Tensor) -> torch.Tensor:
         if loss_type == "token_mean":
-            return masked_mean(x, mask_f)
-        if loss_type == "sequence_mean":
-            per_seq = (x * mask_f).sum(-1) / mask_f.sum(-1).clamp(min=1.0)
-            return per_seq.mean()
-        raise ValueError(f"policy_loss: loss_type must be 'token_mean' or 'sequence_mean', got {loss_type!r}")
+            return (x * mask_f).sum()
+        return ((x * mask_f).sum(-1) / mask_f.sum(-1).clamp(min=1.0)).sum()
 
-    loss = agg(pg)
-    metrics: Dict[str, float] = {"policy_loss": float(loss.detach())}
+    total = agg(pg)
+    metrics: Dict[str, float] = {"policy_loss": float(total.detach()) / own}
     if beta > 0:
         if ell_ref is None:
             raise ValueError("policy_loss: beta > 0 needs ell_ref (the frozen reference's log-likelihoods)")
-        kl = k3_kl(ell, ell_ref.detach(), kl_clamp)
-        kl_term = agg(kl)
-        loss = loss + beta * kl_term
-        metrics["kl"] = float(kl_term.detach())
+        kl_total = agg(k3_kl(ell, ell_ref.detach(), kl_clamp))
+        total = total + beta * kl_total
+        metrics["kl"] = float(kl_total.detach()) / own
     with torch.no_grad():
         low = ((ratio < 1.0 - epsilon) & (A < 0)).to(ell.dtype)
         high = ((ratio > 1.0 + eps_hi) & (A > 0)).to(ell.dtype)
         metrics["clip_ratio/low_mean"] = float(masked_mean(low, mask_f))
         metrics["clip_ratio/high_mean"] = float(masked_mean(high, mask_f))
         metrics["clip_ratio/region_mean"] = float(masked_mean(low + high, mask_f))
-    return loss / num_micro_batches, metrics
+    return total / normalizer, metrics

@@ -24,15 +24,16 @@ import torch
 from .checkpoint import FORMAT, LAST, CheckpointError, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from .config import SoftGRPOConfig
 from .distributed import ProcessLayout, prompt_seed
-from .grpo import group_advantages, masked_mean, policy_loss
+from .grpo import group_advantages, loss_normalizer, masked_mean, nanstd, policy_loss
 from .replay import replay_loglik
-from .rewards import get_reward_funcs
-from .rollout import GroupGenerators, SoftRollout, Trajectory
+from .rewards import get_reward_funcs, required_columns
+from .rollout import GroupGenerators, NonFiniteLogitsError, SoftRollout, Trajectory
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SoftGRPOTrainer", "tokenize_prompts", "decode_completions", "atomic_write_text",
-           "lora_config_from_args", "RewardFunctionError"]
+           "lora_config_from_args", "RewardFunctionError", "dataset_rows", "check_reward_columns", "score_completions",
+           "completion_token_ids"]
 
 RewardFunc = Callable[..., List[Optional[float]]]
 
@@ -88,10 +89,33 @@ def _preview(prompt: Any, n: int = 60) -> str:
     return repr(text if len(text) <= n else text[:n] + "...")
 
 
+def _plain_text_bos(tokenizer) -> Optional[int]:
+    """The BOS id the tokenizer puts before plain text (``add_special_tokens=True``), or None when it defines no BOS
+    token or does not add one (e.g. Qwen2 and SmolLM2 add none; Llama and Gemma add theirs)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return bos if with_special[:1] == [bos] and plain[:1] != [bos] else None
+
+
+def _encode_prompts(tokenizer, prompts: Sequence[Any]) -> List[List[int]]:
+    """Prompt token ids: chat messages through the chat template (which places any BOS itself); plain strings
+    verbatim plus exactly one BOS when the tokenizer adds one to plain text (none added if the text already
+    starts with it)."""
+    ids = tokenizer(_prompt_texts(tokenizer, prompts), add_special_tokens=False)["input_ids"]
+    bos = _plain_text_bos(tokenizer)
+    if bos is None:
+        return [list(x) for x in ids]
+    return [[bos] + list(x) if isinstance(p, str) and list(x[:1]) != [bos] else list(x) for p, x in zip(prompts, ids)]
+
+
 def tokenize_prompts(tokenizer, prompts: Sequence[Any], max_prompt_length: int, device="cpu",
                      row_ids: Optional[Sequence[int]] = None):
     """Left-padded prompt ids and mask. Chat-message prompts get the chat template with a generation prompt;
-    string prompts are used verbatim (TRL's convention).
+    string prompts are used verbatim (TRL's convention), with the tokenizer's BOS in front when it adds one to
+    plain text (exactly one).
 
     Args:
         row_ids: dataset row of each prompt, used only to name the offending row in errors.
@@ -99,26 +123,142 @@ def tokenize_prompts(tokenizer, prompts: Sequence[Any], max_prompt_length: int, 
         ``(ids [B, P], mask [B, P])``.
     Raises:
         ValueError: if a prompt is longer than ``max_prompt_length`` tokens (naming its dataset row, when given,
-            its length and the limit).
+            its length and the limit), or the tokenizer has no pad token.
     """
-    texts = _prompt_texts(tokenizer, prompts)
-    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    lengths = enc["attention_mask"].sum(1)
-    if int(lengths.max()) > max_prompt_length:
-        i = int(lengths.argmax())
+    ids = _encode_prompts(tokenizer, prompts)
+    lengths = [len(x) for x in ids]
+    i = max(range(len(ids)), key=lengths.__getitem__)
+    if lengths[i] > max_prompt_length:
         where = f"the prompt of dataset row {row_ids[i]}" if row_ids is not None else f"prompt {i}"
-        raise ValueError(f"{where} has {int(lengths[i])} tokens > max_prompt_length={max_prompt_length} "
+        raise ValueError(f"{where} has {lengths[i]} tokens > max_prompt_length={max_prompt_length} "
                          f"({_preview(prompts[i])})")
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
+    P = lengths[i]
+    input_ids = torch.tensor([[pad] * (P - len(x)) + x for x in ids], dtype=torch.long)
+    mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
+    return input_ids.to(device), mask.to(device)
+
+
+def dataset_rows(dataset, where: str = "train_dataset") -> List[Dict[str, Any]]:
+    """The rows of a ``datasets.Dataset`` or a list of dicts, checked: a ``prompt`` column, and the same columns
+    in every row (as a ``datasets.Dataset`` has), so that no row lacks a column another row has.
+
+    Raises:
+        ValueError: naming ``where``, the row and the columns when the dataset is empty, ``prompt`` is missing
+            or a row's columns differ from row 0's.
+    """
+    if hasattr(dataset, "column_names") and "prompt" not in dataset.column_names:
+        raise ValueError(f"{where} needs a 'prompt' column; it has {dataset.column_names}")
+    rows = [dict(r) for r in dataset]
+    if not rows:
+        raise ValueError(f"{where} is empty")
+    if hasattr(dataset, "column_names"):  # a datasets.Dataset: every row has every column
+        return rows
+    if "prompt" not in rows[0]:
+        raise ValueError(f"{where} needs a 'prompt' column; row 0 has {sorted(rows[0])}")
+    cols = set(rows[0])
+    for i, r in enumerate(rows):
+        if set(r) != cols:
+            missing, extra = sorted(cols - set(r)), sorted(set(r) - cols)
+            raise ValueError(f"{where} row {i} has columns {sorted(r)} but row 0 has {sorted(cols)} (row {i} "
+                             f"{'lacks ' + str(missing) if missing else 'adds ' + str(extra)}); every row needs the "
+                             "same columns")
+    return rows
+
+
+def check_reward_columns(reward_funcs: Sequence[RewardFunc], names: Sequence[str], columns: Sequence[str],
+                         where: str = "train_dataset") -> None:
+    """Check that the dataset has every column the reward functions read (:func:`softthink.rewards.required_columns`).
+
+    Raises:
+        ValueError: naming the reward, the column (and its alternatives), ``where`` and the columns present.
+    """
+    have = set(columns)
+    for f, name in zip(reward_funcs, names):
+        for alts in required_columns(f):
+            if not have & set(alts):
+                need = repr(alts[0]) + "".join(f" or {a!r}" for a in alts[1:])
+                raise ValueError(f"reward {name!r} reads the dataset column {need}, which {where} does not have "
+                                 f"(its columns: {sorted(have)})")
+
+
+def score_completions(reward_funcs: Sequence[RewardFunc], names: Sequence[str], rows: List[Dict[str, Any]],
+                      completions: List[str], completion_ids: List[List[int]], *, think_end: str,
+                      row_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Call each reward function once on the batch, with exactly the arguments of training and ``softthink eval``
+    (TRL's signature): ``prompts``, ``completions`` (``[{"role": "assistant", "content": text}]`` when the
+    prompts are chat messages, else the texts), ``completion_ids`` (the response ids up to and including the
+    stop token), ``think_end`` and every other dataset column as a keyword argument (one value per completion).
+
+    Args:
+        rows: ``N`` dataset rows (one per completion, all with the same columns).
+        completions: ``N`` decoded texts; completion_ids: ``N`` id lists.
+        row_ids: dataset row of each completion (named in errors; default the batch position).
+    Returns:
+        ``[N, F]`` float32, one column per function; NaN where a function returned None ("not applicable").
+    Raises:
+        RewardFunctionError: when a function raises (a ``KeyError`` naming a column the rows lack says so, with
+            the row and the columns present), returns the wrong number of values or a value that is not a number
+            or None; the message names the function and the dataset row at fault.
+    """
+    row_ids = list(row_ids) if row_ids is not None else list(range(len(rows)))
+    prompts = [r["prompt"] for r in rows]
+    conv = _is_conversational(prompts[0])
+    comps = [[{"role": "assistant", "content": c}] for c in completions] if conv else completions
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
+    per = torch.full((len(rows), len(reward_funcs)), float("nan"))
+
+    def call(f, idx):
+        return f(prompts=[prompts[b] for b in idx], completions=[comps[b] for b in idx],
+                 completion_ids=[completion_ids[b] for b in idx], think_end=think_end,
+                 **{k: [v[b] for b in idx] for k, v in columns.items()})
+
+    for j, f in enumerate(reward_funcs):
+        name = names[j]
+        try:
+            vals = call(f, range(len(rows)))
+        except Exception as exc:
+            bad = None  # find the row at fault by calling the function one row at a time
+            for b in range(len(rows)):
+                try:
+                    call(f, [b])
+                except Exception:
+                    bad = b
+                    break
+            key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+            if isinstance(key, str) and key.isidentifier() and key not in rows[0]:  # most likely kwargs[column]
+                b = bad or 0
+                raise RewardFunctionError(
+                    f"reward function {name!r} raised KeyError: {key!r} on dataset row {row_ids[b]}: the dataset has "
+                    f"no column {key!r} (the row's columns: {sorted(rows[b])})") from exc
+            where = (f"dataset row {row_ids[bad]} (prompt {_preview(prompts[bad])}, completion "
+                     f"{_preview(completions[bad])})") if bad is not None else \
+                f"the batch of dataset rows {sorted(set(row_ids))} (no single row fails on its own)"
+            raise RewardFunctionError(f"reward function {name!r} raised {type(exc).__name__}: {exc} "
+                                      f"on {where}") from exc
+        if vals is None or len(vals) != len(rows):
+            raise RewardFunctionError(f"reward function {name!r} returned "
+                                      f"{'None' if vals is None else len(vals)} values for {len(rows)} "
+                                      f"completions (dataset rows {sorted(set(row_ids))})")
+        for b, v in enumerate(vals):
+            try:
+                per[b, j] = float("nan") if v is None else float(v)
+            except (TypeError, ValueError):
+                raise RewardFunctionError(f"reward function {name!r} returned {v!r} (not a number or None) "
+                                          f"for dataset row {row_ids[b]}") from None
+    return per
+
+
+def completion_token_ids(traj: Trajectory) -> List[List[int]]:
+    """Per completion, the response ids up to and including its stop token (``tok[resp_mask]``)."""
+    return [traj.tok[b][traj.resp_mask[b]].tolist() for b in range(traj.tok.shape[0])]
 
 
 def decode_completions(tokenizer, traj: Trajectory) -> List[str]:
     """Readable completion texts: ``decode(tok[resp_mask])`` without special tokens (forced markers included)."""
-    out = []
-    for b in range(traj.tok.shape[0]):
-        ids = traj.tok[b][traj.resp_mask[b]].tolist()
-        out.append(tokenizer.decode(ids, skip_special_tokens=True))
-    return out
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_token_ids(traj)]
 
 
 def _trim(traj: Trajectory, prompt_ids, prompt_mask):
@@ -156,8 +296,11 @@ class SoftGRPOTrainer:
         reward_funcs: callables with TRL's signature ``f(prompts, completions, **columns)``, or names from
             :data:`softthink.rewards.REWARD_FUNCS`; default ``args.reward_funcs``. They are called with
             ``prompts``, ``completions`` (message lists when prompts are chat messages, else strings),
-            ``completion_ids``, ``think_end`` and every other dataset column as keyword arguments, and return
-            one ``float | None`` per completion (None = not applicable; the weighted sum is nan-aware).
+            ``completion_ids``, ``think_end`` and every other dataset column as keyword arguments
+            (:func:`score_completions`), and return one ``float | None`` per completion (None = not applicable;
+            the weighted sum is nan-aware, and a completion for which every function returns None is left out of
+            its group's advantage statistics and of the loss). The columns they read
+            (:func:`softthink.rewards.required_columns`) are checked here.
         ref_model: frozen reference for the KL term; default a deep copy of ``model`` when ``beta > 0`` (with an
             adapter: the same model with the adapter disabled, as TRL does).
         peft_config: a ``peft.PeftConfig`` (e.g. ``LoraConfig``) wrapping ``model`` with ``peft.get_peft_model``
@@ -170,9 +313,10 @@ class SoftGRPOTrainer:
     processes does not change the rollouts.
 
     Raises:
-        ValueError: on a dataset without ``prompt``, too few prompts, a prompt longer than
-            ``max_prompt_length`` (naming the dataset row), a tokenizer with neither pad nor EOS token, soft
-            thinking with ``noise_scale == 0``, or a batch layout that cannot be split over the processes.
+        ValueError: on a dataset without ``prompt``, with rows of different columns or without a column a reward
+            function reads, too few prompts, a prompt longer than ``max_prompt_length`` (naming the dataset row),
+            a tokenizer with neither pad nor EOS token, soft thinking with ``noise_scale == 0``, or a batch
+            layout that cannot be split over the processes.
     """
 
     def __init__(self, model, tokenizer, args: SoftGRPOConfig, train_dataset,
@@ -189,7 +333,7 @@ class SoftGRPOTrainer:
             warnings.warn(f"the tokenizer has no pad token; padding with its EOS token {tokenizer.eos_token!r}",
                           UserWarning, stacklevel=2)
             tokenizer.pad_token = tokenizer.eos_token
-        self.rows = self._rows(train_dataset)
+        self.rows = dataset_rows(train_dataset)
         if len(self.rows) < args.prompts_per_step:
             raise ValueError(f"train_dataset has {len(self.rows)} prompts < prompts per step {args.prompts_per_step}")
         self._check_prompt_lengths(tokenizer, self.rows, args.max_prompt_length)
@@ -201,6 +345,7 @@ class SoftGRPOTrainer:
         if len(w) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(w)} values for {len(self.reward_funcs)} reward functions")
         self.reward_weights = torch.tensor(w, dtype=torch.float32)
+        check_reward_columns(self.reward_funcs, self.reward_names, self.rows[0].keys())
         self.device = next(model.parameters()).device
         self.dist = ProcessLayout(args, self.device)
         self.dist.broadcast_parameters(model)  # every process starts from the main process's weights
@@ -233,6 +378,7 @@ class SoftGRPOTrainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.state = {"global_step": 0, "optimizer_steps": 0, "skipped_steps": 0}
         self.history: List[Dict[str, float]] = []
+        self._warned_truncated = False
         # the last step's global prompt list (dataset rows), gathered rewards [N] and advantages [N] (TRL's _logs)
         self.last_batch: Dict[str, Any] = {}
 
@@ -242,17 +388,6 @@ class SoftGRPOTrainer:
         return self.dist.is_main
 
     # ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _rows(dataset) -> List[Dict[str, Any]]:
-        if hasattr(dataset, "column_names"):
-            if "prompt" not in dataset.column_names:
-                raise ValueError(f"train_dataset needs a 'prompt' column; it has {dataset.column_names}")
-            return [dict(r) for r in dataset]
-        rows = list(dataset)
-        if not rows or "prompt" not in rows[0]:
-            raise ValueError("train_dataset needs a 'prompt' column")
-        return rows
-
     @staticmethod
     def _check_prompt_lengths(tokenizer, rows: List[Dict[str, Any]], max_len: int) -> None:
         """Tokenize every prompt once, before anything is generated or written.
@@ -264,7 +399,7 @@ class SoftGRPOTrainer:
         for start in range(0, len(rows), 256):
             chunk = rows[start:start + 256]
             try:
-                texts = _prompt_texts(tokenizer, [r["prompt"] for r in chunk])
+                lengths = [len(ids) for ids in _encode_prompts(tokenizer, [r["prompt"] for r in chunk])]
             except ValueError:
                 for i, r in enumerate(chunk):
                     try:
@@ -272,7 +407,6 @@ class SoftGRPOTrainer:
                     except ValueError as exc:
                         raise ValueError(f"train_dataset row {start + i}: {exc}") from None
                 raise
-            lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
             for i, n in enumerate(lengths):
                 if n > max_len:
                     raise ValueError(f"train_dataset row {start + i}: prompt has {n} tokens > "
@@ -289,57 +423,25 @@ class SoftGRPOTrainer:
 
     def compute_rewards(self, rows: List[Dict[str, Any]], completions: List[str], traj: Trajectory,
                         row_ids: Optional[Sequence[int]] = None):
-        """Weighted nan-aware sum of the reward functions: ``([N] total, [N, F] per function)``.
+        """Weighted nan-aware sum of the reward functions (:func:`score_completions`): ``([N] total, [N, F] per
+        function)``. A completion for which every function returned None is unscorable: its total is NaN (left
+        out of its group's advantage statistics and of the loss, as TRL does), with a warning.
 
         Args:
             row_ids: dataset row of each completion (named in errors; default the batch position).
         Raises:
-            RewardFunctionError: when a reward function raises, returns the wrong number of values or a value
-                that is not a number / None; the message names the function and the dataset row at fault.
+            RewardFunctionError: see :func:`score_completions`.
         """
-        row_ids = list(row_ids) if row_ids is not None else list(range(len(rows)))
-        prompts = [r["prompt"] for r in rows]
-        conv = _is_conversational(prompts[0])
-        comps = [[{"role": "assistant", "content": c}] for c in completions] if conv else completions
-        comp_ids = [traj.tok[b][traj.resp_mask[b]].tolist() for b in range(len(rows))]
-        columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
-        per = torch.full((len(rows), len(self.reward_funcs)), float("nan"))
-
-        def call(f, idx):
-            return f(prompts=[prompts[b] for b in idx], completions=[comps[b] for b in idx],
-                     completion_ids=[comp_ids[b] for b in idx], think_end=self.args.think_end,
-                     **{k: [v[b] for b in idx] for k, v in columns.items()})
-
-        for j, f in enumerate(self.reward_funcs):
-            name = self.reward_names[j]
-            try:
-                vals = call(f, range(len(rows)))
-            except Exception as exc:
-                bad = None  # find the row at fault by calling the function one row at a time
-                for b in range(len(rows)):
-                    try:
-                        call(f, [b])
-                    except Exception:
-                        bad = b
-                        break
-                where = (f"dataset row {row_ids[bad]} (prompt {_preview(prompts[bad])}, completion "
-                         f"{_preview(completions[bad])})") if bad is not None else \
-                    f"the batch of dataset rows {sorted(set(row_ids))} (no single row fails on its own)"
-                raise RewardFunctionError(f"reward function {name!r} raised {type(exc).__name__}: {exc} "
-                                          f"on {where}") from exc
-            if vals is None or len(vals) != len(rows):
-                raise RewardFunctionError(f"reward function {name!r} returned "
-                                          f"{'None' if vals is None else len(vals)} values for {len(rows)} "
-                                          f"completions (dataset rows {sorted(set(row_ids))})")
-            for b, v in enumerate(vals):
-                try:
-                    per[b, j] = float("nan") if v is None else float(v)
-                except (TypeError, ValueError):
-                    raise RewardFunctionError(f"reward function {name!r} returned {v!r} (not a number or None) "
-                                              f"for dataset row {row_ids[b]}") from None
-        if torch.isnan(per).all(-1).any():
-            warnings.warn("all reward functions returned None for some completions; their reward is 0")
+        per = score_completions(self.reward_funcs, self.reward_names, rows, completions, completion_token_ids(traj),
+                                think_end=self.args.think_end, row_ids=row_ids)
+        unscorable = torch.isnan(per).all(-1)
         total = (per * self.reward_weights).nansum(-1)
+        if bool(unscorable.any()):
+            ids = list(row_ids) if row_ids is not None else list(range(len(rows)))
+            warnings.warn(f"every reward function returned None for {int(unscorable.sum())} completion(s) (dataset "
+                          f"rows {sorted({ids[b] for b in unscorable.nonzero().flatten().tolist()})}); they are left "
+                          "out of their group's advantage and of the loss")
+            total[unscorable] = float("nan")
         return total, per
 
     # ------------------------------------------------------------------------------------------------
@@ -378,9 +480,16 @@ class SoftGRPOTrainer:
     def step(self) -> Dict[str, float]:
         """One rollout + update step over the global batch; returns its (global) metrics.
 
+        Each optimiser step's loss is the token mean (``loss_type="token_mean"``) or the sequence mean
+        (``"sequence_mean"``) over all of its completions on all processes (:func:`softthink.grpo.policy_loss`,
+        ``normalizer``), so neither the micro-batch size nor the number of processes changes the update.
+        Unscorable completions (NaN reward) carry no loss.
+
         Raises:
             ValueError: for a prompt longer than ``max_prompt_length`` (naming the dataset row).
             RewardFunctionError: naming the reward function and the dataset row at fault.
+            NonFiniteLogitsError: the model produced NaN/inf logits during the rollout (naming the step, the
+                dataset row and the generation index).
         """
         args, model, G = self.args, self.model, self.args.num_generations
         t0 = time.time()
@@ -395,7 +504,14 @@ class SoftGRPOTrainer:
                                            self.device, row_ids=row_ids)
             gens = GroupGenerators([torch.Generator(device=self.device).manual_seed(prompt_seed(args.seed, step_no, k))
                                     for k in positions], [G] * len(positions))
-            traj = self.rollout.generate(pids, pmask, generator=gens)
+            try:
+                traj = self.rollout.generate(pids, pmask, generator=gens)
+            except NonFiniteLogitsError as exc:
+                b = exc.rows[0]
+                raise NonFiniteLogitsError(
+                    f"step {step_no + 1}: {exc.what} at completion position {exc.position} of dataset row "
+                    f"{row_ids[b]} (prompt {_preview(rows[b]['prompt'])}), generation {b % G} of {G}",
+                    exc.position, exc.rows, exc.what) from None
             t_roll = time.time() - t0
             completions = decode_completions(self.tokenizer, traj)
             rewards, per_func = self.compute_rewards(rows, completions, traj, row_ids=row_ids)
@@ -406,13 +522,15 @@ class SoftGRPOTrainer:
         per_func_all = self.dist.gather_rows(per_func)
         adv_all = group_advantages(rewards_all, G, scale=args.scale_rewards, eps=args.adv_eps)
         adv = adv_all[self.dist.local_rows].to(self.device)
+        scorable = ~torch.isnan(rewards).to(self.device)
         self.last_batch = {"prompt_rows": order, "rewards": rewards_all, "advantages": adv_all}
 
         N, mb, micro = len(rows), args.mini_batch_size, args.per_device_train_batch_size
         micro_slices = [slice(i, i + micro) for i in range(0, N, micro)]
-        batches = {}
+        batches, loss_masks = {}, {}
         for sl in micro_slices:
             batches[sl.start] = _trim(traj.index(sl), pids[sl], pmask[sl])
+            loss_masks[sl.start] = batches[sl.start][0].loss_mask & scorable[sl, None]
         on_policy = args.num_iterations == 1 and N // mb == 1
         ell_old, ell_ref = {}, {}
         with torch.no_grad():
@@ -427,34 +545,43 @@ class SoftGRPOTrainer:
                         ell_ref[sl.start] = replay_loglik(model, p, pm, t, args)[0]
 
         model.train()
-        acc: Dict[str, List[float]] = {}
+        # micro-batch metrics as (value * weight, weight): weighted by the units they average over, so the step
+        # metric is the mean over the step's tokens (or sequences) whatever the micro-batch split
+        acc: Dict[str, List[List[float]]] = {}
         grad_norms: List[float] = []
-        n_acc = args.gradient_accumulation_steps
         params = [q for q in model.parameters() if q.requires_grad]
         for it in range(args.num_iterations):
             for m0 in range(0, N, mb):
+                mslices = [sl for sl in micro_slices if m0 <= sl.start < m0 + mb]
+                units = sum(loss_normalizer(loss_masks[sl.start], args.loss_type) for sl in mslices)
+                total = float(self.dist.all_reduce_sum(torch.tensor([units], dtype=torch.float64))[0])
+                # the gradients are averaged over processes, hence the total over all processes / their number
+                normalizer = max(total, 1.0) / self.dist.world
                 self.optimizer.zero_grad(set_to_none=True)
-                for sl in micro_slices:
-                    if not (m0 <= sl.start < m0 + mb):
-                        continue
+                for sl in mslices:
                     t, p, pm = batches[sl.start]
+                    lmask = loss_masks[sl.start]
                     ell, ent = replay_loglik(model, p, pm, t, args, compute_entropy=(it == 0))
                     old = ell_old.get(sl.start, ell.detach())
                     loss, lm = policy_loss(
-                        ell, old, adv[sl], t.loss_mask, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
+                        ell, old, adv[sl], lmask, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
                         dual_clip_c=args.dual_clip_c, beta=args.beta, ell_ref=ell_ref.get(sl.start),
-                        kl_clamp=args.kl_clamp, loss_type=args.loss_type, num_micro_batches=n_acc,
+                        kl_clamp=args.kl_clamp, loss_type=args.loss_type, normalizer=normalizer,
                     )
                     loss.backward()
-                    lm["loss"] = float(loss.detach()) * n_acc
+                    lm["loss"] = lm["policy_loss"] + args.beta * lm.get("kl", 0.0)
+                    n_units, n_tok = loss_normalizer(lmask, args.loss_type), float(lmask.sum())
+                    weights = {"loss": n_units, "policy_loss": n_units, "kl": n_units}
                     if it == 0:
-                        lm["entropy"] = float(masked_mean(ent, t.loss_mask))
+                        lm["entropy"] = float(masked_mean(ent, lmask))
                         diff = (ell.detach() - t.rollout_ell).abs()
-                        lm["soft/rollout_replay_abs_diff"] = float(masked_mean(diff, t.loss_mask & t.is_soft)) \
-                            if bool(t.is_soft.any()) else 0.0
-                        lm["token/rollout_replay_abs_diff"] = float(masked_mean(diff, t.loss_mask))
+                        soft = lmask & t.is_soft
+                        lm["soft/rollout_replay_abs_diff"] = float(masked_mean(diff, soft))
+                        weights["soft/rollout_replay_abs_diff"] = float(soft.sum())
+                        lm["token/rollout_replay_abs_diff"] = float(masked_mean(diff, lmask))
                     for k, v in lm.items():
-                        acc.setdefault(k, []).append(v)
+                        w = weights.get(k, n_tok)
+                        acc.setdefault(k, []).append([v * w, w])
                 self.dist.average_gradients(params)  # DDP's all-reduce: the global mini-batch's mean gradient
                 gn = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 grad_norms.append(float(gn))
@@ -468,14 +595,34 @@ class SoftGRPOTrainer:
                 self.scheduler.step()
                 self.state["optimizer_steps"] += 1
         self.state["global_step"] += 1
-        return self._metrics(rewards_all, per_func_all, self.dist.gather_rows(_row_stats(traj)), acc, grad_norms,
-                             t_roll, time.time() - t0, rewards, completions)
+        m = self._metrics(rewards_all, per_func_all, self.dist.gather_rows(_row_stats(traj)), acc, grad_norms,
+                          t_roll, time.time() - t0, rewards, completions)
+        self._warn_if_truncated(m, rewards_all)
+        return m
+
+    def _warn_if_truncated(self, m: Dict[str, float], rewards: torch.Tensor) -> None:
+        """Warn once (main process) at the first step where every completion hit ``max_completion_length`` and
+        every scorable reward is 0: such a step trains on nothing (all advantages 0), usually because the
+        completion budget is too short for the answer."""
+        r = rewards[~torch.isnan(rewards)]
+        if self._warned_truncated or m["completions/clipped_ratio"] < 1.0 or not len(r) or bool((r != 0).any()):
+            return
+        self._warned_truncated = True
+        if not self.is_main_process:
+            return
+        args = self.args
+        budget = (f", or lower max_think_tokens={args.max_think_tokens} to leave room for the answer"
+                  if args.use_thinking and (args.max_think_tokens or 0) >= args.max_completion_length else "")
+        warnings.warn(f"step {m['step']}: every completion was cut at max_completion_length="
+                      f"{args.max_completion_length} (completions/clipped_ratio={m['completions/clipped_ratio']:.2f}) "
+                      f"and every reward is 0, so the step trains on nothing; raise max_completion_length{budget}",
+                      UserWarning, stacklevel=3)
 
     def _metrics(self, rewards, per_func, stats, acc, grad_norms, t_roll, t_step, local_rewards,
                  completions) -> Dict[str, float]:
         """Step metrics over the global batch: ``rewards [N]``, ``per_func [N, F]`` and ``stats [N, S]``
-        (:data:`_ROW_STATS`) are gathered in global order; micro-batch metrics are averaged over every
-        process's micro-batches."""
+        (:data:`_ROW_STATS`) are gathered in global order; micro-batch metrics (``acc``: ``[value * weight,
+        weight]`` per micro-batch) are weighted means over every process's micro-batches."""
         args = self.args
         G = args.num_generations
         col = {k: stats[:, i] for i, k in enumerate(_ROW_STATS)}
@@ -483,9 +630,10 @@ class SoftGRPOTrainer:
         lengths = col["length"].float()
         term = col["eos"] > 0
         m: Dict[str, float] = {"step": self.state["global_step"]}
-        m["reward"] = float(rewards.mean())
-        m["reward_std"] = float(grp.std(-1, unbiased=True).mean())
-        m["frac_reward_zero_std"] = float((grp.std(-1) == 0).float().mean())
+        grp_std = nanstd(grp, -1)  # NaN rewards (unscorable completions) are left out, as in the advantages
+        m["reward"] = float(rewards.nanmean())
+        m["reward_std"] = float(grp_std.nanmean())
+        m["frac_reward_zero_std"] = float((grp_std == 0).float().mean())
         for j, name in enumerate(self.reward_names):
             c = per_func[:, j]
             m[f"rewards/{name}/mean"] = float(c.nanmean()) if not torch.isnan(c).all() else float("nan")
@@ -497,10 +645,10 @@ class SoftGRPOTrainer:
         m["completions/mean_terminated_length"] = float(lengths[term].mean()) if bool(term.any()) else 0.0
         keys = sorted(acc)
         if keys:
-            sums = self.dist.all_reduce_sum(torch.tensor([[sum(acc[k]), len(acc[k])] for k in keys],
-                                                         dtype=torch.float64))
+            sums = self.dist.all_reduce_sum(torch.tensor([[sum(vw for vw, _ in acc[k]), sum(w for _, w in acc[k])]
+                                                          for k in keys], dtype=torch.float64))
             for k, (s, n) in zip(keys, sums.tolist()):
-                m[k] = float(s / n)
+                m[k] = float(s / n) if n > 0 else 0.0
         if "kl" not in m:
             m["kl"] = 0.0 if args.beta == 0 else float("nan")
         m["grad_norm"] = float(sum(grad_norms) / max(1, len(grad_norms)))

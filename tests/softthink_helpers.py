@@ -1,11 +1,13 @@
 """Shared fixtures for the softthink tests: a tiny random Qwen2 and a WordLevel tokenizer built in code.
 
 Reserved ids (SofT-GRPO-method.md §12): pad 0, bos 1, eos 2, ``</think>`` 3. Nothing is downloaded.
+:func:`make_chat_tokenizer` adds a Qwen2.5-base-like chat layout: turns end with ``<|im_end|>`` (id 63), EOS stays
+``</s>``.
 """
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from softthink.config import SoftGRPOConfig
@@ -15,14 +17,34 @@ WORDS = [f"w{i}" for i in range(4, 64)]
 PAD, BOS, EOS, THINK_END = 0, 1, 2, 3
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+def make_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
+    """The WordLevel test tokenizer; ``add_bos=True`` makes it put ``<s>`` before plain text (like Llama's)."""
     vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w4"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tk.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
+    if add_bos:
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                   additional_special_tokens=["</think>"])
     tok.padding_side = "left"
+    return tok
+
+
+IM_START, IM_END = 62, 63
+
+
+def make_chat_tokenizer() -> PreTrainedTokenizerFast:
+    """Qwen2.5-base layout: EOS ``</s>`` (2), chat turns ``<|im_start|>role ... <|im_end|>`` (ids 62, 63)."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS[:-2] + ["<|im_start|>", "<|im_end|>"])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w4"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.decoder = decoders.WordPiece(prefix="##")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  additional_special_tokens=["</think>", "<|im_start|>", "<|im_end|>"])
+    tok.padding_side = "left"
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
     return tok
 
 
@@ -89,3 +111,19 @@ def save_tiny_model(path) -> str:
     make_model(seed=0, vocab_size=len(tok)).save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return str(path)
+
+
+def first_id_low_reward(prompts, completions, completion_ids, **kw):
+    """1.0 if the first completion id is below 34 (about half the samples of the random model), else 0.0."""
+    return [1.0 if ids and ids[0] < 34 else 0.0 for ids in completion_ids]
+
+
+def always_one_reward(prompts, completions, **kw):
+    """1.0 for every completion (a stand-in for a format reward)."""
+    return [1.0] * len(completions)
+
+
+def recording_reward(**kwargs):
+    """Records the keyword arguments of every call in ``recording_reward.calls``; scores 0.0."""
+    recording_reward.calls = getattr(recording_reward, "calls", []) + [kwargs]
+    return [0.0] * len(kwargs["completions"])

@@ -116,7 +116,7 @@ def test_cli_train_plot_eval_end_to_end(tmp_path):
                gradient_accumulation_steps=2, max_completion_length=8, max_think_tokens=3,
                dataset_kwargs=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1),
                dataset_size=16, eval_dataset_size=3, reward_funcs=["task_scorer", "math_verify"],
-               torch_num_threads=1, learning_rate=1e-3)
+               correctness_reward="task_scorer", torch_num_threads=1, learning_rate=1e-3)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 0
     run = tmp_path / "run"
@@ -129,6 +129,7 @@ def test_cli_train_plot_eval_end_to_end(tmp_path):
     res = json.loads((tmp_path / "eval.json").read_text())
     assert res["num_problems"] == 3 and res["num_samples"] == 2 and 0.0 <= res["pass@2"] <= 1.0
     assert res["pass@1"] == sum(res["correct_counts"]) / 6
+    assert res["correctness_reward"] == res["settings"]["correctness_reward"] == "task_scorer"
 
 
 def test_gguf_conversion_is_cached_and_atomic(tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
-"""GRPO pieces: group advantages, PPO clip / dual clip, k3 KL, token-mean loss."""
+"""GRPO pieces: group advantages (NaN-aware), PPO clip / dual clip, k3 KL, token-mean loss normalised per step."""
 import pytest
 import torch
 
-from softthink.grpo import group_advantages, k3_kl, policy_loss
+from softthink.grpo import group_advantages, k3_kl, loss_normalizer, policy_loss
 
 
 def test_advantages_zero_mean_unit_std_and_equal_groups_zero():
@@ -71,11 +71,63 @@ def test_k3_kl_and_beta_term():
         policy_loss(ell, ell, torch.tensor([1.0]), mask, beta=0.1)
 
 
-def test_sequence_mean_and_micro_batch_division():
+def test_sequence_mean_and_normalizer():
     A = torch.tensor([1.0, 2.0])
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
     ell = torch.zeros(2, 4)
-    tok, _ = policy_loss(ell, ell, A, mask, loss_type="token_mean", num_micro_batches=2)
+    assert loss_normalizer(mask, "token_mean") == 5.0 and loss_normalizer(mask, "sequence_mean") == 2.0
+    tok, m = policy_loss(ell, ell, A, mask, loss_type="token_mean", normalizer=10.0)
+    assert abs(tok.item() - (-(4 * 1 + 2) / 10)) < 1e-6  # sum over the batch / the step's total
+    assert abs(m["policy_loss"] - (-(4 * 1 + 2) / 5)) < 1e-6  # metrics: the batch's own mean
     seq, _ = policy_loss(ell, ell, A, mask, loss_type="sequence_mean")
-    assert abs(tok.item() - (-(4 * 1 + 2) / 5) / 2) < 1e-6
     assert abs(seq.item() - (-(1 + 2) / 2)) < 1e-6
+    with pytest.raises(ValueError, match="normalizer must be > 0"):
+        policy_loss(ell, ell, A, mask, normalizer=0.0)
+
+
+@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
+def test_loss_and_gradient_do_not_depend_on_the_micro_batch_split(loss_type):
+    """Issue 13.1: completions of 1 and 3 tokens with advantages +1 / -1 gave loss and gradient 0.5 as one
+    micro-batch and 0.0 as two (each micro-batch's own token mean / 2). With the step's total as the normaliser
+    the micro-batch losses add up to the step's mean: 0.5 both ways (token mean), 0.0 (sequence mean)."""
+    A = torch.tensor([1.0, -1.0, 0.5])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    ell0 = torch.randn(3, 3)
+
+    def run(parts):
+        ell = ell0.clone().requires_grad_(True)
+        total = sum(loss_normalizer(mask[p], loss_type) for p in parts)
+        loss = sum(policy_loss(ell[p], ell[p].detach(), A[p], mask[p], loss_type=loss_type, normalizer=total)[0]
+                   for p in parts)
+        loss.backward()
+        return float(loss.detach()), ell.grad
+
+    whole, g_whole = run([slice(0, 3)])
+    split, g_split = run([slice(0, 1), slice(1, 3)])
+    assert abs(whole - split) < 1e-6
+    torch.testing.assert_close(g_whole, g_split, atol=1e-7, rtol=0)
+    two, _ = run([slice(0, 2)])
+    two_split, _ = run([slice(0, 1), slice(1, 2)])
+    expected = {"token_mean": 0.5, "sequence_mean": 0.0}[loss_type]  # (-1*1 + 1*3) / 4 tokens; (-1 + 1) / 2
+    assert abs(two - expected) < 1e-6 and abs(two_split - expected) < 1e-6
+    if loss_type == "token_mean":
+        assert abs(whole - (-1 + 3 - 0.5 * 2) / 6) < 1e-6
+
+
+def test_unscorable_rewards_are_left_out_of_their_group():
+    """Issue 13.7: a None reward (NaN) was scored 0; group [None, 1, 0, 1] gave the None row advantage -0.866.
+    Now it is left out of the group's mean and std (TRL's nanmean / nanstd) and gets advantage 0."""
+    nan = float("nan")
+    a = group_advantages(torch.tensor([nan, 1.0, 0.0, 1.0]), 4)
+    std = torch.tensor([1.0, 0.0, 1.0]).std()  # unbiased std of the scorable rewards: 0.57735
+    expected = torch.tensor([0.0, 1 / 3, -2 / 3, 1 / 3]) / (std + 1e-6)
+    torch.testing.assert_close(a, expected, atol=1e-6, rtol=0)
+    assert abs(a[1].item() - 0.57735) < 1e-4 and abs(a[2].item() + 1.1547) < 1e-4
+    # one scorable completion, or none: no signal; an all-None group does not disturb the others
+    b = group_advantages(torch.tensor([nan, 1.0, nan, nan, nan, nan, nan, nan, 1.0, 0.0, 0.0, 1.0]), 4)
+    assert (b[:8] == 0).all() and torch.isfinite(b).all()
+    torch.testing.assert_close(b[8:], group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4))
+    c = group_advantages(torch.tensor([nan, 1.0, 0.0, 1.0, 2.0, 2.0, 0.0, 0.0]), 4, scale="batch")
+    torch.testing.assert_close(c[1:4], (torch.tensor([1.0, 0.0, 1.0]) - 2 / 3) /
+                               (torch.tensor([1.0, 0.0, 1.0, 2.0, 2.0, 0.0, 0.0]).std() + 1e-6))
+    assert c[0] == 0

@@ -143,3 +143,63 @@ def test_marker_string_produced_ends_thinking(tok, model):
     assert not traj.is_soft[:, 3].any() and (traj.tok[:, 3] == 8).all()
     assert traj.answer_phase[:, 4:].all() and not traj.forced.any()
     assert traj.think_ended.all() and not traj.budget_hit.any()
+
+
+def test_plain_string_prompts_get_exactly_one_bos():
+    """Issue 13.10: a plain-string prompt on a tokenizer that adds a BOS got none; now exactly one (never two),
+    while chat prompts keep what their template writes and tokenizers that add no BOS add none."""
+    from softthink.trainer import SoftGRPOTrainer, tokenize_prompts
+    from softthink_helpers import BOS, PAD
+
+    tok = make_tokenizer(add_bos=True)
+    assert tok("w5 w6")["input_ids"] == [BOS, 5, 6]  # the premise: this tokenizer puts BOS before plain text
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    ids, mask = tokenize_prompts(tok, ["w5 w6", "<s> w7", [{"role": "user", "content": "w8"}]], 16)
+    assert ids.tolist() == [[BOS, 5, 6], [PAD, BOS, 7], [PAD, BOS, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 1, 1], [0, 1, 1]]
+    plain, _ = tokenize_prompts(make_tokenizer(), ["w5 w6"], 16)  # defines <s> but does not add it: none added
+    assert plain.tolist() == [[5, 6]]
+    with pytest.raises(ValueError, match=r"row 0: prompt has 3 tokens > max_prompt_length=2"):  # BOS counts
+        SoftGRPOTrainer(make_model(), tok, base_config(max_prompt_length=2), [{"prompt": "w5 w6"}] * 2,
+                        reward_funcs=[lambda prompts, **kw: [0.0] * len(prompts)])
+
+
+def test_rollout_and_eval_stop_at_the_chat_templates_end_of_turn():
+    """Issue 13.12: with a Qwen2.5-base layout (EOS <|endoftext|>, turns end with <|im_end|>) completions ran past
+    <|im_end|> to the length limit; the chat template's end-of-turn token now stops them too."""
+    from softthink.evaluate import evaluate_model
+    from softthink.rollout import chat_end_of_turn_id
+    from softthink_helpers import IM_END, make_chat_tokenizer
+
+    tok, model = make_chat_tokenizer(), make_model(seed=0)
+    assert tok.eos_token_id == EOS and chat_end_of_turn_id(tok) == IM_END
+    assert chat_end_of_turn_id(make_tokenizer()) is None  # no chat template
+    cfg = base_config(soft_thinking=False, max_completion_length=10)
+    roll = SoftRollout(model, tok, cfg)
+    assert roll.eos_token_ids == [EOS, IM_END]
+    from softthink.trainer import tokenize_prompts
+
+    chats = [[{"role": "user", "content": f"w{5 + i} w{6 + i}"}] for i in range(4)]
+    ids, mask = tokenize_prompts(tok, chats, 32)
+    def hook(step, logits):  # rows 0 and 2 close their turn at position 3; rows 1 and 3 never stop
+        logits = logits.clone()
+        logits[:, [EOS, IM_END]] = -1e4
+        if step == 3:
+            logits[[0, 2], IM_END] = 1e4
+        return logits
+
+    traj = roll.generate(ids, mask, generator=torch.Generator().manual_seed(0), logits_hook=hook)
+    assert traj.tok[0, 3] == IM_END and traj.resp_mask[[0, 2]].sum(1).tolist() == [4, 4]
+    assert traj.eos.tolist() == [True, False, True, False] and traj.resp_mask[[1, 3]].all()
+
+    def turn_end_first(module, inputs, out):  # the model closes its turn at once
+        out = out.clone()
+        out[..., IM_END] += 100.0
+        return out
+
+    model.lm_head.register_forward_hook(turn_end_first)
+    res = evaluate_model(model, tok, base_config(soft_thinking=False, max_completion_length=10,
+                                                 reward_funcs=["math_verify"]),
+                         [{"prompt": c, "answer": "7"} for c in chats[:2]], mode="discrete", num_samples=2, ks=[1],
+                         progress=False)
+    assert res["completions/mean_length"] == 1.0  # was 10 (the length limit)

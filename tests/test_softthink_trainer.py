@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from softthink.trainer import SoftGRPOTrainer
-from softthink_helpers import EOS, base_config, make_model, make_tokenizer
+from softthink_helpers import EOS, base_config, frac_low_ids_reward, make_model, make_tokenizer
 
 torch.set_num_threads(1)
 
@@ -93,3 +93,157 @@ def test_trainer_input_errors(tmp_path):
         SoftGRPOTrainer(model, tok, cfg, [{"prompt": "w5"}] * 3, reward_funcs=[last_soft_token_reward])
     with pytest.raises(ValueError, match="unknown reward"):
         SoftGRPOTrainer(model, tok, cfg, [{"prompt": "w5"}] * 8, reward_funcs=["nope"])
+
+
+def _grads_after_one_step(tmp_path, micro, acc, loss_type, reward=None, **kw):
+    tok, model = make_tokenizer(), make_model(seed=0)
+    model.generation_config.eos_token_id = [EOS] + list(range(10, 30))  # frequent stops: unequal lengths
+    cfg = base_config(num_generations=2, generation_batch_size=4, per_device_train_batch_size=micro,
+                      gradient_accumulation_steps=acc, max_completion_length=8, learning_rate=0.0, beta=0.0,
+                      loss_type=loss_type, max_grad_norm=1e9, seed=1, output_dir=str(tmp_path / "run"),
+                      save_model=False, save_steps=0, **kw)
+    tr = SoftGRPOTrainer(model, tok, cfg, [{"prompt": p} for p in PROMPTS[:2]],
+                         reward_funcs=[reward or frac_low_ids_reward])
+    m = tr.step()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, m
+
+
+@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
+def test_gradient_does_not_depend_on_the_micro_batch_size(tmp_path, loss_type):
+    """Issue 13.1: per_device_train_batch_size=4 x 1, 2 x 2 and 1 x 4 micro-batches give the same loss and
+    gradient on completions of unequal length (before the fix the 1 x 4 gradient differed from the 4 x 1 one by
+    up to 46% of its largest entry for token_mean; sequence_mean was already split-invariant here)."""
+    runs = {(micro, acc): _grads_after_one_step(tmp_path / f"{micro}x{acc}", micro, acc, loss_type)
+            for micro, acc in ((4, 1), (2, 2), (1, 4))}
+    ref, m_ref = runs[(4, 1)]
+    assert m_ref["completions/min_length"] < m_ref["completions/max_length"]  # the premise: unequal lengths
+    assert max(g.abs().max().item() for g in ref.values()) > 1e-3  # the gradient is not trivially 0
+    for key, (grads, m) in runs.items():
+        assert grads.keys() == ref.keys()
+        for n, g in grads.items():
+            torch.testing.assert_close(g, ref[n], atol=1e-6, rtol=1e-5, msg=lambda s, n=n: f"{key} {n}: {s}")
+        for k in ("loss", "policy_loss", "entropy", "clip_ratio/region_mean"):
+            assert abs(m[k] - m_ref[k]) < 1e-6, (key, k)
+
+
+def test_unscorable_completion_is_left_out_of_advantages_and_loss(tmp_path):
+    """Issue 13.7: reward None (TRL's "not applicable") for every function: NaN reward, advantage 0, no loss."""
+    from softthink.distributed import prompt_seed
+    from softthink.rollout import GroupGenerators
+    from softthink.trainer import tokenize_prompts
+
+    def reward(prompts, completions, **kw):
+        return [None, 1.0, 0.0, 1.0]
+
+    tok, model = make_tokenizer(), make_model(seed=0)
+    model.generation_config.eos_token_id = [EOS] + list(range(10, 30))  # unequal lengths
+    cfg = base_config(num_generations=4, generation_batch_size=4, per_device_train_batch_size=4,
+                      gradient_accumulation_steps=1, max_completion_length=8, learning_rate=0.0, beta=0.0, seed=1,
+                      output_dir=str(tmp_path / "run"), save_model=False, save_steps=0)
+    tr = SoftGRPOTrainer(model, tok, cfg, [{"prompt": PROMPTS[0]}], reward_funcs=[reward])
+    # the rollout the step makes (the same per-prompt generator), to know each completion's loss tokens
+    pids, pmask = tokenize_prompts(tok, [PROMPTS[0]] * 4, 64)
+    traj = tr.rollout.generate(pids, pmask, generator=GroupGenerators(
+        [torch.Generator().manual_seed(prompt_seed(cfg.seed, 0, 0))], [4]))
+    with pytest.warns(UserWarning, match=r"every reward function returned None for 1 completion\(s\) \(dataset rows "
+                                         r"\[0\]\); they are left out of their group's advantage and of the loss"):
+        m = tr.step()
+    rewards, adv = tr.last_batch["rewards"], tr.last_batch["advantages"]
+    assert torch.isnan(rewards[0]) and rewards[1:].tolist() == [1.0, 0.0, 1.0]
+    torch.testing.assert_close(adv, torch.tensor([0.0, 0.57735, -1.1547, 0.57735]), atol=1e-4, rtol=0)
+    assert abs(m["reward"] - 2 / 3) < 1e-6
+    n = traj.loss_mask.sum(1).double()
+    assert n.tolist() == [2, 4, 8, 5]  # loss tokens per completion (seed 1)
+    a = adv.double()
+    kept = float(-(a[1:] * n[1:]).sum() / n[1:].sum())  # on-policy: ratio 1, pg = -A per token
+    assert abs(m["policy_loss"] - kept) < 1e-6
+    assert abs(kept - float(-(a * n).sum() / n.sum())) > 1e-3  # counting the None row's tokens would differ
+
+
+def test_nan_logits_error_names_step_row_and_generation(tmp_path):
+    """Issue 13.8: NaN logits crashed inside torch.multinomial; now a one-line error names the step, the dataset
+    row and the generation index."""
+    import re
+
+    from softthink.rollout import NonFiniteLogitsError
+
+    tok, model = make_tokenizer(), make_model(seed=0)
+    cfg = base_config(num_generations=4, generation_batch_size=8, per_device_train_batch_size=8,
+                      max_completion_length=6, output_dir=str(tmp_path / "run"), save_model=False, save_steps=0)
+    tr = SoftGRPOTrainer(model, tok, cfg, [{"prompt": p} for p in PROMPTS], reward_funcs=[frac_low_ids_reward])
+    calls = []
+
+    def poison(module, inputs, out):
+        calls.append(1)
+        if len(calls) == 3:  # prefill, position 0, position 1: the logits that choose completion position 2
+            out = out.clone()
+            out[5, -1, 7] = float("nan")  # batch row 5 = prompt 1 of the step, generation 1
+            return out
+
+    model.lm_head.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLogitsError, match=r"^step 1: NaN logits at completion position 2 of dataset row "
+                                                   r"\d+ \(prompt '[^']+'\), generation 1 of 4$") as err:
+        tr.step()
+    row, prompt = re.search(r"dataset row (\d+) \(prompt '([^']+)'\)", str(err.value)).groups()
+    assert PROMPTS[int(row)] == prompt and err.value.position == 2 and err.value.rows == [5]
+
+
+def test_warns_when_every_completion_is_truncated_and_every_reward_is_zero(tmp_path):
+    """Issue 13.9: a budget too short for the answer trained on nothing with no word."""
+    import warnings
+
+    zero = lambda prompts, completions, **kw: [0.0] * len(completions)  # noqa: E731
+    tok, model = make_tokenizer(), make_model(seed=0)
+    cfg = base_config(num_generations=2, generation_batch_size=4, per_device_train_batch_size=4,
+                      max_completion_length=2, output_dir=str(tmp_path / "run"), save_model=False, save_steps=0)
+    tr = SoftGRPOTrainer(model, tok, cfg, [{"prompt": p} for p in PROMPTS], reward_funcs=[zero])
+    with pytest.warns(UserWarning, match=r"step 1: every completion was cut at max_completion_length=2 "
+                                         r"\(completions/clipped_ratio=1\.00\) and every reward is 0, so the step "
+                                         r"trains on nothing; raise max_completion_length$"):
+        m = tr.step()
+    assert m["completions/clipped_ratio"] == 1.0 and m["reward"] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        tr.step()
+    tr2 = SoftGRPOTrainer(make_model(seed=0), tok, cfg, [{"prompt": p} for p in PROMPTS],
+                          reward_funcs=[frac_low_ids_reward])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # some reward > 0: no warning
+        assert tr2.step()["reward"] > 0
+
+
+def test_missing_reward_columns_are_errors_at_construction_and_call(tmp_path):
+    """Issue 13.11: a column a reward reads is checked at construction (built-in rewards declare theirs); a
+    column missing at call time names the column, the reward, the row and the columns present."""
+    from softthink.trainer import RewardFunctionError
+
+    tok, model = make_tokenizer(), make_model(seed=0)
+    cfg = base_config(num_generations=2, generation_batch_size=4, per_device_train_batch_size=4,
+                      max_completion_length=3, output_dir=str(tmp_path / "run"), save_model=False, save_steps=0)
+    data = [{"prompt": p, "question": p} for p in PROMPTS]
+    with pytest.raises(ValueError, match=r"^reward 'math_verify' reads the dataset column 'answer' or 'solution', "
+                                         r"which train_dataset does not have \(its columns: \['prompt', "
+                                         r"'question'\]\)$"):
+        SoftGRPOTrainer(model, tok, cfg, data, reward_funcs=["math_verify"])
+    with pytest.raises(ValueError, match=r"^reward 'task_scorer' reads the dataset column 'entry'"):
+        SoftGRPOTrainer(model, tok, cfg, data, reward_funcs=["task_scorer"])
+
+    def gold_reward(prompts, completions, gold, **kw):
+        return [0.0] * len(completions)
+
+    with pytest.raises(ValueError, match=r"^reward 'gold_reward' reads the dataset column 'gold'"):
+        SoftGRPOTrainer(model, tok, cfg, data, reward_funcs=[gold_reward])
+    some = [{"prompt": p, "answer": "7"} for p in PROMPTS]
+    del some[3]["answer"]  # only some rows lack it (was a bare KeyError at the step that drew row 3)
+    with pytest.raises(ValueError, match=r"^train_dataset row 3 has columns \['prompt'\] but row 0 has \['answer', "
+                                         r"'prompt'\] \(row 3 lacks \['answer'\]\); every row needs the same columns$"):
+        SoftGRPOTrainer(model, tok, cfg, some, reward_funcs=["math_verify"])
+
+    def kwargs_reward(prompts, completions, **kw):  # reads a column it does not declare
+        return [float(g == "7") for g in kw["gold"]]
+
+    tr = SoftGRPOTrainer(model, tok, cfg, data, reward_funcs=[kwargs_reward])
+    with pytest.raises(RewardFunctionError, match=r"^reward function 'kwargs_reward' raised KeyError: 'gold' on "
+                                                  r"dataset row \d+: the dataset has no column 'gold' \(the row's "
+                                                  r"columns: \['prompt', 'question'\]\)$"):
+        tr.step()
