@@ -113,7 +113,7 @@ class VectorQuantizer(nn.Module):
         e = self.embedding.weight
         if mode == "ste":
             p_soft = F.one_hot(c_det, self.codebook_size).to(r.dtype)
-            q = r + (e[c_det] - r).detach()
+            q = r + (F.embedding(c_det, e) - r).detach()
             scale = torch.zeros(r.shape[0], device=r.device)
             index, y_st = c_det, p_soft
         else:
@@ -131,7 +131,9 @@ class VectorQuantizer(nn.Module):
         if self.training and decay is not None:
             decay.observe(level, c_det)
         # Classic VQ: the codebook term must see E[idx] itself (q's STE form carries no codebook gradient).
-        q_vq = e[c_det] if mode == "ste" else q
+        # F.embedding, not e[c_det]: its CPU backward is deterministic whatever the thread count (indexing's
+        # accumulating backward is not).
+        q_vq = F.embedding(c_det, e) if mode == "ste" else q
         vq_loss = (F.mse_loss(q_vq, r.detach(), reduction="none").mean(-1)
                    + self.beta * F.mse_loss(r, q_vq.detach(), reduction="none").mean(-1))
         return LevelOut(index, c_det, p_soft, y_st, q, vq_loss, scale)

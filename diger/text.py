@@ -180,35 +180,78 @@ def embed_texts(
     return out
 
 
+def load_item_embedding_file(path: str | os.PathLike, item_ids: Sequence[str]) -> np.ndarray:
+    """Precomputed item embeddings matched to items by their raw ids, not by position.
+
+    The file is an ``.npz`` with two arrays: ``item_id`` ``[n]`` (raw item ids as in the ``.item`` /
+    ``.inter`` files, strings or integers) and ``embedding`` ``[n, D]``, rows in any order
+    (``np.savez(path, item_id=ids, embedding=vectors)``). Ids the dataset does not use (items that
+    RecBole's filtering dropped) are ignored.
+
+    Args:
+        path: the ``.npz`` file (config key ``item_emb_file``).
+        item_ids: the dataset's raw item ids in internal-id order, without the pad (``field2id_token[1:]``).
+
+    Returns:
+        ``[len(item_ids) + 1, D]`` float32, row ``i`` the vector of internal id ``i`` (row 0 zeros).
+
+    Raises:
+        ValueError: naming the file for a ``.npy`` (no ids: rows cannot be matched to items), missing
+            arrays, a shape mismatch, a duplicated id, the first dataset item absent from the file
+            (and how many are), or non-finite values (the file's row and item id).
+    """
+    path = str(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"item_emb_file {path}: an embedding file must carry its item ids, so that rows are matched "
+                         f"to items by id and not by position: save it as np.savez('FILE.npz', item_id=ids, "
+                         f"embedding=vectors) with the raw item ids of the dataset's .item/.inter files")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("item_id", "embedding") if k not in data.files]
+        if missing:
+            raise ValueError(f"item_emb_file {path}: missing array(s) {missing}; it has {sorted(data.files)} "
+                             f"(expected item_id [n] and embedding [n, D])")
+        ids, arr = data["item_id"], data["embedding"].astype(np.float32)
+    if arr.ndim != 2 or ids.ndim != 1 or ids.shape[0] != arr.shape[0]:
+        raise ValueError(f"item_emb_file {path}: item_id must be [n] and embedding [n, D], "
+                         f"got {list(ids.shape)} and {list(arr.shape)}")
+    ids = [str(i) for i in ids.tolist()]
+    item_ids = [str(i) for i in item_ids]
+    row_of: Dict[str, int] = {}
+    for row, item in enumerate(ids):
+        if item in row_of:
+            raise ValueError(f"item_emb_file {path}: item id {item!r} appears twice (rows {row_of[item]} and {row})")
+        row_of[item] = row
+    absent = [item for item in item_ids if item not in row_of]
+    if absent:
+        raise ValueError(f"item_emb_file {path}: {len(absent)} of the dataset's {len(item_ids)} items have no "
+                         f"vector, the first being item id {absent[0]!r} (file ids start {ids[:3]})")
+    rows = np.array([row_of[item] for item in item_ids], dtype=np.int64)
+    out = np.zeros((len(item_ids) + 1, arr.shape[1]), np.float32)
+    out[1:] = arr[rows]
+    bad = np.where(~np.isfinite(out[1:]).all(1))[0]
+    if bad.size:
+        more = f" and {bad.size - 1} more rows" if bad.size > 1 else ""
+        raise ValueError(f"item_emb_file {path}: non-finite values in row {int(rows[bad[0]])} (item id "
+                         f"{item_ids[bad[0]]!r}){more}")
+    return out
+
+
 def item_text_embeddings(config, dataset) -> np.ndarray:
-    """Embeddings ``[n_items, D]`` aligned with RecBole internal item ids, from the config's keys.
+    """Embeddings ``[n_items, D]`` aligned with RecBole internal item ids (row 0 = pad), from the config's keys.
 
     Config keys: ``text_fields`` (list; default ``[movie_title, release_year, class]`` for ml-100k,
-    else required), ``text_model``, ``text_fill``, ``embedding_cache_dir``, ``item_emb_file`` (a
-    ``.npy`` ``[n_items, D]`` in internal-id order, or ``[n_items-1, D]`` without the pad row, used
-    instead of the text model).
+    else required), ``text_model``, ``text_fill``, ``embedding_cache_dir``, ``item_emb_file`` (used
+    instead of the text model; see :func:`load_item_embedding_file`).
 
     Raises:
         ItemTextError: see :func:`read_item_table` and :func:`build_item_texts`.
-        ValueError: for a precomputed file with the wrong row count or non-finite values.
+        ValueError: for a precomputed file that cannot be matched to the dataset's items.
     """
     iid = config["ITEM_ID_FIELD"]
     tokens = list(dataset.field2id_token[iid])
     emb_file = config["item_emb_file"] if "item_emb_file" in config else None
     if emb_file:
-        arr = np.load(emb_file, allow_pickle=False).astype(np.float32)
-        if arr.ndim != 2:
-            raise ValueError(f"{emb_file}: item embeddings must be a 2-D [n_items, D] array, got shape {arr.shape}")
-        file_rows_offset = 0  # report rows as they are in the file
-        if arr.shape[0] == len(tokens) - 1:  # no pad row in the file: prepend one
-            arr = np.concatenate([np.zeros((1, arr.shape[1]), np.float32), arr])
-            file_rows_offset = 1
-        if arr.ndim != 2 or arr.shape[0] != len(tokens):
-            raise ValueError(f"{emb_file}: {arr.shape[0]} embedding rows for {len(tokens) - 1} items")
-        if not np.isfinite(arr).all():
-            bad = np.where(~np.isfinite(arr).all(1))[0][:10] - file_rows_offset
-            raise ValueError(f"{emb_file}: non-finite values in rows {bad.tolist()} (0-based rows of the file)")
-        return arr
+        return load_item_embedding_file(emb_file, tokens[1:])
     fields = config["text_fields"] if "text_fields" in config else None
     if not fields:
         raise ItemTextError(f"config key `text_fields` is not set for dataset {config['dataset']!r}")

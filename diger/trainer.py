@@ -29,7 +29,9 @@ from tqdm import tqdm
 
 from . import compat
 from . import distributed as ddist
+from . import evaluation
 from .tokenizer import sid_table_hash
+from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
@@ -96,6 +98,7 @@ class SafeCheckpointTrainer(Trainer):
         self.elapsed_before = 0.0  # seconds the run had spent before the checkpoint it resumed from
         if not config["single_spec"]:  # file names carry a time stamp that may differ between ranks
             self.saved_model_file = ddist.broadcast_object(self.saved_model_file)
+        self.eval_collector = evaluation.RankedListCollector(config)
 
     @property
     def distributed(self) -> bool:
@@ -132,6 +135,48 @@ class SafeCheckpointTrainer(Trainer):
             interaction, history_index, positive_u, positive_i = batched_data
             batched_data = (interaction, None, positive_u, positive_i)
         return super()._full_sort_batch_eval(batched_data)
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's ``evaluate`` with the corrections of :mod:`diger.evaluation` for full ranking.
+
+        Ranks scored ``-inf`` are misses, each batch is scored in chunks of at most
+        ``eval_score_chunk_mb`` MB (default 256), and under DDP the metrics are those of the exact
+        one-process user set. The best checkpoint is read with ``weights_only=True``.
+
+        Raises:
+            CheckpointError: when the checkpoint to load is missing or unreadable.
+        """
+        if not eval_data:
+            return None
+        if load_best_model:
+            path = model_file or self.saved_model_file
+            ckpt = load_checkpoint(path, map_location=self.device)
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.model.load_other_parameter(ckpt.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {path}")
+        if not isinstance(eval_data, FullSortEvalDataLoader):  # sampled-negative evaluation: RecBole's own
+            return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        self.model.eval()
+        if self.item_tensor is None:
+            self.item_tensor = eval_data._dataset.get_item_feature().to(self.device)
+        self.tot_item_num = eval_data._dataset.item_num
+        chunk_mb = self.config["eval_score_chunk_mb"] if "eval_score_chunk_mb" in self.config else None
+        rows = evaluation.chunk_rows(self.tot_item_num, evaluation.DEFAULT_SCORE_CHUNK_MB if chunk_mb is None else chunk_mb)
+        iter_data = tqdm(eval_data, total=len(eval_data), ncols=100,
+                         desc=set_color("Evaluate   ", "pink")) if show_progress else eval_data
+        for batched_data in iter_data:
+            for chunk in evaluation.split_full_sort_batch(batched_data, rows):
+                interaction, scores, positive_u, positive_i = self._full_sort_batch_eval(chunk)
+                self.eval_collector.eval_batch_collect(scores, interaction, positive_u, positive_i)
+                del scores
+        self.eval_collector.model_collect(self.model)
+        struct = self.eval_collector.get_data_struct()
+        if self.distributed:
+            evaluation.gather_user_rows(struct, eval_data.sampler)
+        result = self.evaluator.evaluate(struct)
+        self.wandblogger.log_eval_metrics(result, head="eval")
+        return result
 
     def resume_checkpoint(self, resume_file):
         load_checkpoint(str(resume_file))  # clear error for a truncated file before RecBole's load

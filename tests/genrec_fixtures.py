@@ -1,7 +1,7 @@
 """A small synthetic RecBole dataset written to a temp dir, for the model and CLI tests.
 
 40 users walk a ring of 24 items (each user starts somewhere and steps +1 or +2), so the next item
-is predictable from the history; items have a title and a genre, and a random 16-d embedding file.
+is predictable from the history; items have a title and a genre, and a random 16-d embedding file keyed by item id.
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import numpy as np
 N_USERS, N_ITEMS = 40, 24
 
 
-def write_dataset(root: Path, name: str = "toy", *, with_text: bool = True, seed: int = 0) -> Path:
+def write_dataset(root: Path, name: str = "toy", *, with_text: bool = True, seed: int = 0, n_users: int = N_USERS) -> Path:
     rng = np.random.default_rng(seed)
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     rows = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u in range(N_USERS):
+    for u in range(n_users):
         cur = int(rng.integers(0, N_ITEMS))
         step = 1 + (u % 2)
         for t in range(8 + u % 5):
@@ -31,7 +31,9 @@ def write_dataset(root: Path, name: str = "toy", *, with_text: bool = True, seed
         title = f"Movie number {i}" if with_text or i % 5 else ""
         items.append(f"i{i}\t{title}\t{genres[i % 4] if with_text or i % 5 else ''}")
     (folder / f"{name}.item").write_text("\n".join(items) + "\n")
-    np.save(folder / "emb.npy", rng.normal(size=(N_ITEMS + 1, 16)).astype(np.float32))
+    # Precomputed item vectors keyed by raw item id (diger.text.load_item_embedding_file).
+    np.savez(folder / "emb.npz", item_id=np.array([f"i{i}" for i in range(N_ITEMS)]),
+             embedding=rng.normal(size=(N_ITEMS, 16)).astype(np.float32))
     return folder
 
 
@@ -40,7 +42,7 @@ def small_config(root: Path, **extra) -> dict:
     cfg = {
         "data_path": str(root),
         "checkpoint_dir": str(root / "saved"),
-        "item_emb_file": str(root / "toy" / "emb.npy"),
+        "item_emb_file": str(root / "toy" / "emb.npz"),
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "text_fields": ["title", "genre"],
         "encoder_layers": [16],

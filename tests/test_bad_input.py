@@ -33,20 +33,54 @@ def test_config_values_out_of_range(toy_root, extra, match):
         _build("DIGER", toy_root, **extra)
 
 
-def test_nan_in_item_embeddings_names_the_rows(toy_root):
+def _emb_file(root, name, ids, emb):
+    path = root / name
+    np.savez(path, item_id=np.array(ids), embedding=emb)
+    return str(path)
+
+
+def test_nan_in_item_embeddings_names_the_row_and_item(toy_root):
     emb = np.random.default_rng(0).normal(size=(N_ITEMS, 16)).astype(np.float32)
     emb[3, 2] = np.nan
-    path = toy_root / "nan.npy"
-    np.save(path, emb)
-    with pytest.raises(ValueError, match=r"nan.npy: non-finite values in rows \[3\]"):
+    path = _emb_file(toy_root, "nan.npz", [f"i{i}" for i in range(N_ITEMS)], emb)
+    with pytest.raises(ValueError, match=r"nan.npz: non-finite values in row 3 \(item id 'i3'\)"):
+        _build("TIGER", toy_root, item_emb_file=path)
+
+
+def test_embedding_file_missing_items_names_the_first(toy_root):
+    ids = [f"i{i}" for i in range(N_ITEMS) if i not in (5, 7)]
+    path = _emb_file(toy_root, "short.npz", ids, np.zeros((len(ids), 16), np.float32))
+    with pytest.raises(ValueError, match=rf"short.npz: 2 of the dataset's {N_ITEMS} items have no vector, "
+                                         r"the first being item id 'i(5|7)'"):
+        _build("TIGER", toy_root, item_emb_file=path)
+
+
+def test_embedding_npy_without_ids_is_refused(toy_root):
+    path = toy_root / "plain.npy"
+    np.save(path, np.zeros((N_ITEMS + 1, 16), np.float32))
+    with pytest.raises(ValueError, match=r"plain.npy: an embedding file must carry its item ids"):
         _build("TIGER", toy_root, item_emb_file=str(path))
 
 
-def test_embedding_count_must_match_items(toy_root):
-    path = toy_root / "short.npy"
-    np.save(path, np.zeros((N_ITEMS - 3, 16), np.float32))
-    with pytest.raises(ValueError, match=rf"short.npy: {N_ITEMS - 3} embedding rows for {N_ITEMS} items"):
-        _build("TIGER", toy_root, item_emb_file=str(path))
+def test_embedding_file_rows_follow_ids_not_positions(toy_root):
+    """Rows in .item-file order, reversed order, or with extra ids: every item gets its own vector."""
+    from diger.text import load_item_embedding_file
+
+    rng = np.random.default_rng(1)
+    vec = {f"i{i}": rng.normal(size=16).astype(np.float32) for i in range(N_ITEMS)}
+    net = _build("TIGER", toy_root)
+    internal = list(net.dataset_item_tokens[1:])  # RecBole's internal-id order, which users never see
+    assert internal != [f"i{i}" for i in range(N_ITEMS)]  # so a positional file would be misaligned
+    for order in ([f"i{i}" for i in range(N_ITEMS)], [f"i{i}" for i in reversed(range(N_ITEMS))]):
+        extra = order + ["unused-item"]
+        path = _emb_file(toy_root, "ordered.npz", extra, np.stack([vec.get(k, np.ones(16, np.float32)) for k in extra]))
+        out = load_item_embedding_file(path, internal)
+        assert out.shape == (N_ITEMS + 1, 16) and not out[0].any()
+        for row, item in enumerate(internal, start=1):
+            np.testing.assert_array_equal(out[row], vec[item])
+    dup = _emb_file(toy_root, "dup.npz", ["i1", "i2", "i1"], np.zeros((3, 16), np.float32))
+    with pytest.raises(ValueError, match=r"dup.npz: item id 'i1' appears twice \(rows 0 and 2\)"):
+        load_item_embedding_file(dup, internal)
 
 
 def test_duplicate_item_ids_and_malformed_header(toy_root):

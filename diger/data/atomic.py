@@ -55,6 +55,40 @@ def validate_header(fields: Sequence[tuple[str, str]]) -> str:
     return "\t".join(f"{n}:{t}" for n, t in fields)
 
 
+def check_header_line(path: str | os.PathLike, separator: str = "\t") -> list[tuple[str, str]]:
+    """Read and check the header of an existing atomic file before RecBole parses it.
+
+    RecBole splits each header field on ``:`` and fails with ``too many values to unpack`` (or an
+    unknown-type error) when the separator is wrong; this names the file, the line and the fix.
+
+    Returns:
+        ``[(name, type), ...]`` of the header.
+
+    Raises:
+        ValueError: naming ``path``, the header line and the expected tab-separated ``name:type`` form.
+    """
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        line = fh.readline().rstrip("\r\n")
+    expected = (f"the header must be {'tab' if separator == chr(9) else repr(separator)}-separated name:type "
+                f"fields, e.g. 'user_id:token<TAB>item_id:token<TAB>timestamp:float', with types {', '.join(FIELD_TYPES)}")
+    fields = []
+    for part in line.split(separator):
+        name, colon, ftype = part.partition(":")
+        problem = None
+        if not colon or not name:
+            problem = f"field {part!r} is not name:type"
+        elif ":" in ftype:
+            hint = " (fields separated by spaces instead of tabs?)" if " " in part else " (':' inside a field name?)"
+            problem = f"field {part!r} holds more than one ':'{hint}"
+        elif ftype not in FIELD_TYPES:
+            hint = " (fields separated by spaces instead of tabs?)" if " " in ftype else ""
+            problem = f"field {name!r} has type {ftype!r}{hint}"
+        if problem:
+            raise ValueError(f"{path}: header line {line!r}: {problem}; {expected}")
+        fields.append((name, ftype))
+    return fields
+
+
 def check_token(value: str, field: str) -> str:
     """Return ``value`` if it is a valid RecBole token, else raise :class:`ValueError` naming ``field``."""
     if not isinstance(value, str):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..decay import ASSIGN_MODES, build_decay
 from ..gumbel import ConstantSchedule, make_schedule
+from .genrec import take_rows
 from .tiger import SemanticIDRecommender, _cfg
 
 GRADIENT_PATHS = ("true_e2e", "historical")
@@ -142,18 +143,18 @@ class DIGER(SemanticIDRecommender):
         tok_det = self._item_tokens(a.detach(), uniq) if detach else tok
         hist_mask = item_seq > 0
         hist_src = tok_det if "history" in detach else tok
-        hist_tok = torch.where(hist_mask[..., None, None], hist_src[inv_h], self.genrec.pad.to(tok.dtype))
+        hist_tok = torch.where(hist_mask[..., None, None], take_rows(hist_src, inv_h), self.genrec.pad.to(tok.dtype))
         enc_emb, enc_mask = self.genrec.encoder_inputs(hist_tok, hist_mask)
-        dec = self.genrec.decoder_inputs((tok_det if "decoder" in detach else tok)[inv_t])
+        dec = self.genrec.decoder_inputs(take_rows(tok_det if "decoder" in detach else tok, inv_t))
         logits = self.genrec(enc_emb, enc_mask, dec)
-        a_t = (a.detach() if "target" in detach else a)[inv_t]
+        a_t = take_rows(a.detach() if "target" in detach else a, inv_t)
         sem = torch.stack([-(a_t[:, l] * F.log_softmax(logits[l].float(), -1)).sum(-1).mean() for l in range(big_l)]).sum()
         suf = F.cross_entropy(logits[big_l], self.sid_table[target, big_l])
         rec = (sem + suf) / (big_l + 1)
         self.decay.loss(rec)  # logs target sigma; true_e2e never rescales the recommendation loss
-        zt, zht = z[inv_t], z_hat[inv_t]
+        zt, zht = take_rows(z, inv_t), take_rows(z_hat, inv_t)
         recon = F.mse_loss(zht, zt)
-        vq = torch.stack([lv.vq_loss[inv_t].mean() for lv in levels]).mean()
+        vq = torch.stack([take_rows(lv.vq_loss, inv_t).mean() for lv in levels]).mean()
         if self.w_balance > 0:
             return rec, self.w_recon * recon, self.w_vq * vq, self.w_balance * self._balance_loss(levels)
         return rec, self.w_recon * recon, self.w_vq * vq

@@ -17,6 +17,15 @@ from transformers import T5Config, T5Model
 from .trie import SIDTrie
 
 
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` along dim 0 (``x [N, ...]``, ``index`` any shape -> ``[*index.shape, ...]``) via ``index_select``.
+
+    Same values as ``x[index]``; its CPU backward (``index_add``) is deterministic whatever the thread
+    count, while indexing's accumulating backward is not (two runs of one seed on 2 threads differ).
+    """
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
+
+
 class GenRec(nn.Module):
     """T5 generative recommender over semantic IDs.
 
