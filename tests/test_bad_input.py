@@ -150,3 +150,20 @@ def test_unknown_config_key_warns_with_the_closest_known_key(toy_root):
         make_config("SASRec", "toy", None, small_config(toy_root, nproc=1, world_size=1, ip="localhost", port="5678",
                                                       offset=0))
     assert not [w for w in seen if "unknown config key" in str(w.message)]
+
+
+@pytest.mark.parametrize("header,match", [
+    ("user_id:token item_id:token timestamp:float", r"holds more than one ':' \(fields separated by spaces instead of tabs\?\)"),
+    ("user_id:token\titem:id:token\ttimestamp:float", r"field 'item:id:token' holds more than one ':' \(':' inside a field name\?\)"),
+    ("user_id:token\titem_id\ttimestamp:float", r"field 'item_id' is not name:type"),
+    ("user_id:token\titem_id:tokn\ttimestamp:float", r"field 'item_id' has type 'tokn'"),
+])
+def test_atomic_header_with_wrong_separator_names_file_line_and_form(toy_root, header, match):
+    """RecBole itself says `too many values to unpack`; we name the file, the header line and the expected form."""
+    inter = toy_root / "toy" / "toy.inter"
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join([header, *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=match) as err:
+        _build("TIGER", toy_root)
+    msg = str(err.value)
+    assert "toy.inter: header line" in msg and "tab-separated name:type" in msg and repr(header) in msg
