@@ -24,9 +24,11 @@ from genrec_fixtures import small_config, write_dataset
 #: seeds 2020 / 1 / 2, 1 process vs 2 processes: largest |difference| of a test metric was 0.10 on
 #: recall@10 (4 users of 40; 0 / 0.10 / 0.05 per seed), 0.020 on ndcg@10 (0.0074 / 0.019 / 0.020),
 #: 0.013 on mrr@10. Seed-to-seed spread of the 1-process run is as large (ndcg@10 0.211-0.261).
+#: Since issue 13 (toy vectors keyed by item id, so items got other vectors; exact time order) seed 2020
+#: differs by 0.125 on recall@10 (5 users of 40) and 0.065 on ndcg@10; seed 1's 2-process ndcg@10 is 0.2816.
 #: The test runs seed 2020 and allows those maxima with a little margin.
-METRIC_TOL = 0.1
-NDCG10_TOL = 0.03
+METRIC_TOL = 0.15
+NDCG10_TOL = 0.08
 
 
 def _free_port() -> int:
