@@ -93,6 +93,8 @@ class SafeCheckpointTrainer(Trainer):
     """
 
     def __init__(self, config, model):
+        # RecBole's ensure_dir checks, then creates: two ranks racing there fail with FileExistsError.
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         super().__init__(config, model)
         self.run_start = None  # time.time() at the run's (virtual) start; set by the runner
         self.elapsed_before = 0.0  # seconds the run had spent before the checkpoint it resumed from
