@@ -31,6 +31,15 @@ def test_ablations_smoke():
     assert "| ste |" in out and "| sdud |" in out and "test NDCG@10" in out
 
 
+def test_eval_memory_smoke():
+    """Chunked full-sort evaluation (eval_score_chunk_mb): per-arm peak RSS table, identical metrics in every arm."""
+    out = _run("bench/eval_memory.py", "--smoke")
+    assert "| baseline (load + build, no eval) |" in out and "| unchunked (1e9 MB, old behaviour) |" in out
+    assert "| default (256 MB) |" in out and "| 1 MB | 1 | 52 |" in out  # 52 users x 5,001 items x 4 B <= 1 MB
+    assert "catalogue 5000 items (item_num 5001 with [PAD])" in out and "peak RSS GiB" in out
+    assert "metrics (identical in every arm" in out
+
+
 def test_speed_soft_smoke():
     out = _run("bench/speed_soft.py", "--smoke")
     assert "ours, soft" in out and "HF generate" in out
