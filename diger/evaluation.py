@@ -44,8 +44,9 @@ class RankedListCollector(Collector):
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         if self.register.need("rec.topk"):
             k = max(self.topk)
-            # topk is deterministic: the same values at the same ranks as RecBole's call above.
-            ranked = (torch.topk(scores_tensor, k, dim=-1).values > float("-inf")).to(torch.int)
+            # The top-k is sorted, so rank j holds a finite score iff the row has more than j of them.
+            finite = (scores_tensor > float("-inf")).sum(dim=1, keepdim=True)  # [B, 1]
+            ranked = (torch.arange(k, device=finite.device) < finite).to(torch.int)
             rows = self.data_struct["rec.topk"]
             rows[-scores_tensor.shape[0]:, :k] *= ranked.to(rows.device)
 

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Union
 
 from . import compat
 from . import distributed as ddist
+from .data.atomic import check_header_line
 from .config import DigerConfig, check_mappings, check_value_types, warn_unknown_keys
 from .models import BASELINES, MODELS
 from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
@@ -91,8 +92,6 @@ def _check_data(config) -> None:
             f"dataset {config['dataset']!r} not found: expected the atomic file {inter} "
             f"(set --data_path to the folder holding {config['dataset']}/, or prepare it with `diger data prepare`)"
         )
-    from .data.atomic import check_header_line
-
     separator = config["field_separator"] or "\t"
     for suffix in ("inter", "item", "user"):
         for f in sorted({*path.glob(f"{config['dataset']}.{suffix}"), *path.glob(f"{config['dataset']}.*.{suffix}")}):
