@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import T5Config, T5Model
 
+from .fast_t5 import FastT5Model
 from .trie import SIDTrie
+
+#: ``backbone`` values: ``fast`` (:class:`~diger.models.fast_t5.FastT5Model`, the default) and ``hf_t5``
+#: (``transformers.T5Model``, the reference). Both have the same parameters (HF names) and initial weights.
+BACKBONES = ("fast", "hf_t5")
 
 
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -32,6 +37,12 @@ class GenRec(nn.Module):
     Args:
         vocab_sizes: codes per position ``[K_1, ..., K_L, suffix_size]``.
         d_model, d_ff, num_heads, d_kv, num_layers, num_decoder_layers, dropout: T5 sizes.
+        backbone: ``fast`` (default) or ``hf_t5`` (:data:`BACKBONES`). The weights are drawn by
+            ``transformers.T5Model`` in both cases, so one seed gives the same initial model, and the
+            state dicts (``t5.*``) are interchangeable.
+
+    Raises:
+        ValueError: an unknown ``backbone``.
 
     Shapes: history codes ``[B, H, C]`` (``-1`` = padding) -> encoder ``[B, H*C, d_model]``;
     decoder input ``[B, C, d_model]`` (``[BOS, c_1..c_{C-1}]``) -> logits, one ``[B, K_j]`` per position.
@@ -39,8 +50,11 @@ class GenRec(nn.Module):
 
     def __init__(self, vocab_sizes: Sequence[int], *, d_model: int = 128, d_ff: int = 512, num_heads: int = 4,
                  d_kv: int = 32, num_layers: int = 2, num_decoder_layers: int = 2, dropout: float = 0.1,
-                 max_positions: int = 512) -> None:
+                 max_positions: int = 512, backbone: str = "fast") -> None:
         super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        self.backbone = backbone
         self.vocab_sizes = [int(v) for v in vocab_sizes]
         self.num_positions = len(self.vocab_sizes)
         cfg = T5Config(vocab_size=1, d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
@@ -48,6 +62,11 @@ class GenRec(nn.Module):
                        feed_forward_proj="relu", n_positions=max_positions, decoder_start_token_id=0,
                        pad_token_id=0, is_encoder_decoder=True, use_cache=False)
         self.t5 = T5Model(cfg)
+        if backbone == "fast":
+            with torch.device("meta"):  # no weights drawn: the random stream stays the one of hf_t5
+                fast = FastT5Model(cfg)
+            fast.load_state_dict(self.t5.state_dict(), assign=True)
+            self.t5 = fast
         self.d_model = d_model
         self.code_emb = nn.ModuleList([nn.Embedding(k, d_model) for k in self.vocab_sizes])
         self.bos = nn.Parameter(torch.zeros(d_model))
@@ -77,9 +96,15 @@ class GenRec(nn.Module):
 
     # ----- forward ----------------------------------------------------------------------------
     def encode(self, enc_emb: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
+        if self.backbone == "fast":
+            return self.t5.encode(enc_emb, enc_mask)
         return self.t5.encoder(inputs_embeds=enc_emb, attention_mask=enc_mask.long()).last_hidden_state
 
     def decode(self, dec_emb: torch.Tensor, enc: torch.Tensor, enc_mask: torch.Tensor, cache=None):
+        if self.backbone == "fast":
+            if cache is not None:
+                raise ValueError("backbone fast: incremental decoding goes through beam_search")
+            return self.t5.decode(dec_emb, enc, enc_mask), None
         out = self.t5.decoder(inputs_embeds=dec_emb, encoder_hidden_states=enc,
                               encoder_attention_mask=enc_mask.long(), cache=cache, use_cache=cache is not None)
         return out.last_hidden_state, out.cache
@@ -100,6 +125,10 @@ class GenRec(nn.Module):
                     constrained: bool = True, use_cache: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """Beam search over the ``C`` code positions, accumulating log-probabilities.
 
+        ``backbone: fast`` decodes all beams of a user against that user's encoder keys/values (one
+        attention call, no per-beam copies); ``hf_t5`` uses HF's ``EncoderDecoderCache`` (``use_cache``)
+        or re-runs the decoder over the whole prefix. Both give the same beams (tests/test_fast_t5.py).
+
         With ``constrained`` the beams are restricted to prefixes present in ``trie`` (so every
         final beam is a distinct, valid item); otherwise decoding is free and beams that are not
         items map to ``-1`` (DIGER parity, §3).
@@ -109,24 +138,31 @@ class GenRec(nn.Module):
             or missing beams have item ``-1`` and score ``-inf``.
         """
         b = enc_emb.shape[0]
+        fast = self.backbone == "fast"
         enc0 = self.encode(enc_emb, enc_mask)
         mask0 = enc_mask
         cache = None
-        if use_cache:
-            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+        if fast:
+            # Keys/values of the encoder states once per user; every beam attends to them directly.
+            cross = self.t5.cross_kv(enc0)
+            hid, cache = self.t5.decode_step(self.bos.expand(b, 1, -1), 0, cross, mask0, None)  # [B, 1, d]
+        else:
+            if use_cache:
+                from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-            cfg = self.t5.decoder.config
-            cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
-        dec_in = self.bos.expand(b, 1, -1)
-        hid, cache = self.decode(dec_in, enc0, mask0, cache)
-        logp = F.log_softmax(self.position_logits(hid[:, -1], 0).float(), dim=-1)  # [B, K0]
+                cfg = self.t5.decoder.config
+                cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
+            hid, cache = self.decode(self.bos.expand(b, 1, -1), enc0, mask0, cache)
+            hid = hid[:, -1:]
+        logp = F.log_softmax(self.position_logits(hid, 0).float(), dim=-1)  # [B, 1, K0]
         node = torch.zeros(b, 1, dtype=torch.long, device=logp.device)
         scores = torch.zeros(b, 1, device=logp.device)
         seqs = torch.zeros(b, 1, 0, dtype=torch.long, device=logp.device)
         nb_prev = 1
-        # Per-beam copies of the encoder states and mask, rebuilt only when the beam width changes (in
+        # hf_t5: per-beam copies of the encoder states and mask, rebuilt only when the beam width changes (in
         # practice once, after the first position): every beam of a user attends to the same encoder states.
         expanded_width, enc_b, mask_b = 0, enc0, mask0
+        user_ids = torch.arange(b, device=logp.device)
         for j in range(self.num_positions):
             k = self.vocab_sizes[j]
             total = scores.unsqueeze(-1) + logp.view(b, nb_prev, k)
@@ -143,26 +179,31 @@ class GenRec(nn.Module):
             if j == self.num_positions - 1:
                 break
             # Next decoder step for every surviving beam (beam width may grow while K_j is small).
-            user_ids = torch.arange(b, device=flat.device)
-            beam_rows = (user_ids.unsqueeze(1) * nb_prev + origin).reshape(-1)
-            if width != expanded_width:
-                users = user_ids.repeat_interleave(width)
-                enc_b, mask_b = enc0[users], mask0[users]
-            if cache is not None:
-                # Self-attention keys/values follow the surviving beams. The cross-attention keys/values are
-                # the same for every beam of a user, so reordering them within a user is the identity: they
-                # are only re-laid out (from any one beam row of each user) when the beam width changes.
-                cache.self_attention_cache.reorder_cache(beam_rows)
-                if width != expanded_width:
-                    cache.cross_attention_cache.reorder_cache(users * nb_prev)
-                step_emb = self.code_emb[j](code.reshape(-1)).unsqueeze(1)
-                hid, cache = self.decode(step_emb, enc_b, mask_b, cache)
+            step_emb = self.code_emb[j](code)  # [B, width, d]
+            if fast:
+                rows = user_ids.unsqueeze(1)
+                cache = [(kk[rows, origin], vv[rows, origin]) for kk, vv in cache]  # follow the surviving beams
+                hid, cache = self.t5.decode_step(step_emb, j + 1, cross, mask0, cache)
             else:
-                flat_seqs = seqs.reshape(b * width, -1)
-                emb = torch.stack([self.code_emb[i](flat_seqs[:, i]) for i in range(j + 1)], 1)
-                dec_in = torch.cat([self.bos.expand(b * width, 1, -1), emb], 1)
-                hid, _ = self.decode(dec_in, enc_b, mask_b)
-            logp = F.log_softmax(self.position_logits(hid[:, -1], j + 1).float(), dim=-1)
+                beam_rows = (user_ids.unsqueeze(1) * nb_prev + origin).reshape(-1)
+                if width != expanded_width:
+                    users = user_ids.repeat_interleave(width)
+                    enc_b, mask_b = enc0[users], mask0[users]
+                if cache is not None:
+                    # Self-attention keys/values follow the surviving beams. The cross-attention keys/values are
+                    # the same for every beam of a user, so reordering them within a user is the identity: they
+                    # are only re-laid out (from any one beam row of each user) when the beam width changes.
+                    cache.self_attention_cache.reorder_cache(beam_rows)
+                    if width != expanded_width:
+                        cache.cross_attention_cache.reorder_cache(users * nb_prev)
+                    hid, cache = self.decode(step_emb.reshape(b * width, 1, -1), enc_b, mask_b, cache)
+                else:
+                    flat_seqs = seqs.reshape(b * width, -1)
+                    emb = torch.stack([self.code_emb[i](flat_seqs[:, i]) for i in range(j + 1)], 1)
+                    dec_in = torch.cat([self.bos.expand(b * width, 1, -1), emb], 1)
+                    hid, _ = self.decode(dec_in, enc_b, mask_b)
+                hid = hid[:, -1].view(b, width, -1)
+            logp = F.log_softmax(self.position_logits(hid, j + 1).float(), dim=-1)
             nb_prev, expanded_width = width, width
         items = node if constrained else trie.lookup(seqs)
         valid = (items > 0) & torch.isfinite(scores)

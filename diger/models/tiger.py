@@ -40,7 +40,7 @@ class SemanticIDRecommender(SequentialRecommender):
     ``text_model``, ``encoder_layers``, ``e_dim``, ``code_levels``, ``code_num``, ``suffix_size``,
     ``vq_beta``, ``rqvae_*`` (pre-training), ``kmeans_init``, ``sk_epsilon``, ``sk_iters``, T5 sizes
     (``t5_layers``, ``t5_decoder_layers``, ``d_model``, ``d_ff``, ``num_heads``, ``d_kv``,
-    ``dropout``), ``num_beams``, ``constrained_decoding``, ``topk``.
+    ``dropout``), ``backbone`` (``fast`` | ``hf_t5``, :data:`diger.models.genrec.BACKBONES`), ``num_beams``, ``constrained_decoding``, ``topk``.
 
     Raises:
         ValueError: ``num_beams < max(topk)``, ``code_num < 2`` or a bad ``code_levels``.
@@ -106,6 +106,7 @@ class SemanticIDRecommender(SequentialRecommender):
             num_layers=int(_cfg(config, "t5_layers", 2)),
             num_decoder_layers=int(_cfg(config, "t5_decoder_layers", _cfg(config, "t5_layers", 2))),
             dropout=float(_cfg(config, "dropout", 0.1)),
+            backbone=str(_cfg(config, "backbone", "fast")),
         )
 
     #: Multi-process training (diger.compat, DistributedDataParallel): the SID table, item embeddings and
