@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import random
-import time
 import tempfile
+import time
+import warnings
 from typing import Dict, List
 
 import numpy as np
@@ -331,6 +332,26 @@ class GenRecTrainer(SafeCheckpointTrainer):
         for group in self.optimizer.param_groups:
             clip_grad_norm_(group["params"], **self.clip_grad_norm)
 
+    def _amp(self):
+        """RecBole's ``enable_amp`` / ``enable_scaler``: ``(autocast dtype or None, GradScaler or None)``.
+
+        The forward pass and losses run under ``torch.autocast`` (bf16 on CPU and on CUDA devices that
+        support it, else fp16); the weights and the optimiser stay fp32, and autocast computes
+        ``log_softmax`` / cross-entropy in fp32. fp16 uses a ``GradScaler`` when ``enable_scaler`` is set.
+        Evaluation (beam search) always runs in fp32. On a CPU without bf16 matrix instructions
+        (AVX512-BF16 / AMX) bf16 matmuls are emulated and far slower than fp32: a warning says so.
+        """
+        if not self.config["enable_amp"]:
+            return None, None
+        cuda = self.device.type == "cuda"
+        dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
+        if not cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn(f"enable_amp: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 matrix "
+                          "instructions, so bf16 autocast is much slower than fp32 here; set enable_amp: False",
+                          stacklevel=2)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and self.config["enable_scaler"] else None
+        return dtype, scaler
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
         if self.distributed and loss_func is None:
@@ -343,10 +364,12 @@ class GenRecTrainer(SafeCheckpointTrainer):
         if not self.config["single_spec"] and train_data.shuffle:
             train_data.sampler.set_epoch(epoch_idx)
         step_metrics: Dict[str, float] = {}
+        amp_dtype, scaler = self._amp()
         for batch_idx, interaction in enumerate(iter_data):
             interaction = interaction.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            losses = loss_func(interaction)
+            with torch.autocast(device_type=self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                losses = loss_func(interaction)
             if isinstance(losses, tuple):
                 loss = sum(losses)
                 parts = torch.stack([l.detach().float() for l in losses])
@@ -355,9 +378,16 @@ class GenRecTrainer(SafeCheckpointTrainer):
                 loss = losses
                 total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
             self._check_nan(loss)
-            loss.backward()
-            self._clip()
-            self.optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(self.optimizer)
+                self._clip()
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                self._clip()
+                self.optimizer.step()
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step()
             if hasattr(self.model, "on_step_end"):

@@ -191,3 +191,25 @@ def test_tiger_with_published_semantic_ids(toy_root):
     assert torch.isfinite(net.calculate_loss(_batch(train)))
     with pytest.raises(ValueError, match="set code_levels: 2 and code_num > 2"):
         _build("TIGER", toy_root, sid_table_file=str(path), item_emb_file=None, code_num=2)
+
+
+@pytest.mark.parametrize("model", ["TIGER", "DIGER"])
+def test_enable_amp_trains_under_bf16_autocast(toy_root, model):
+    # RecBole's enable_amp: the trainer runs the losses under torch.autocast (bf16 on CPU); weights stay fp32.
+    import warnings
+
+    from diger.trainer import GenRecTrainer
+
+    cfg, net, train, _ = _build(model, toy_root, enable_amp=True)
+    trainer = GenRecTrainer(cfg, net)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = trainer._train_epoch(train, 0)
+    assert all(torch.isfinite(torch.tensor(x)) for x in (loss if isinstance(loss, tuple) else (loss,)))
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert any("no bf16 matrix instructions" in str(w.message) for w in caught)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = net.calculate_loss(_batch(train))
+    parts = parts if isinstance(parts, tuple) else (parts,)
+    assert all(p.dtype == torch.float32 for p in parts)  # losses computed in fp32 under autocast

@@ -129,7 +129,8 @@ class DIGER(SemanticIDRecommender):
         ids = torch.cat([item_seq.reshape(-1), target])
         uniq, inv = torch.unique(ids, return_inverse=True)
         inv_h, inv_t = inv[: b * h].view(b, h), inv[b * h:]
-        z, levels, z_hat = self._tokenize(uniq)
+        with torch.autocast(device_type=item_seq.device.type, enabled=False):  # code assignment stays fp32 under amp
+            z, levels, z_hat = self._tokenize(uniq)
         big_l = self.code_levels
         if self.use_cached_forward:
             cached = self.sid_table[uniq, :big_l].clamp_min(0)
@@ -168,7 +169,8 @@ class DIGER(SemanticIDRecommender):
 
     def _historical_loss(self, interaction, target):
         rec = super().calculate_loss(interaction)
-        z, levels, z_hat = self._tokenize(target)
+        with torch.autocast(device_type=target.device.type, enabled=False):
+            z, levels, z_hat = self._tokenize(target)
         recon = F.mse_loss(z_hat, z)
         vq = torch.stack([lv.vq_loss.mean() for lv in levels]).mean()
         ud = self.decay.loss(rec)
