@@ -7,7 +7,9 @@
     OMP_NUM_THREADS=1 python bench/speed_rec.py --steps 2 --models TIGER --sizes default --threads 1 --backbones hf_t5
 
 Grid: every (size, threads, model, amp, backbone); ``--backbones`` applies to TIGER/DIGER only (the config key
-``backbone``: ``hf_t5`` = the HuggingFace ``T5Model``, ``fast`` = the package's own T5), other models get one row.
+``backbone``: ``hf_t5`` = the HuggingFace ``T5Model``, ``fast`` = the package's own T5; the pseudo-backbone
+``before`` = ``hf_t5`` with autograd anomaly mode on, as every training step ran before ``diger.compat`` undid the
+global anomaly mode that importing RecBole's SINE model turns on), other models get one row.
 ``--amp bf16`` passes ``enable_amp: True`` and runs the bench's training step (loss computation) under
 ``torch.autocast(dtype=torch.bfloat16)``; evaluation runs as the model itself decides. Sizes:
 
@@ -56,6 +58,10 @@ SCRIPT = str(Path(__file__).resolve())
 GENREC_MODELS = ("TIGER", "DIGER")
 #: The current backbone: a ``diger`` without the ``backbone`` config key builds it.
 REFERENCE_BACKBONE = "hf_t5"
+#: Pseudo-backbone ``before``: ``hf_t5`` with autograd anomaly mode on, i.e. the training step of this package
+#: before ``diger.compat`` undid the global ``torch.autograd.set_detect_anomaly(True)`` of RecBole's SINE module
+#: (the state issue 14 measured). Evaluation is unaffected (no autograd).
+BEFORE_BACKBONE = "before"
 #: Short tokenizer pre-training for every size: only the construction time depends on it.
 FAST_TOKENIZER = {"rqvae_epochs": 2}
 SIZES = {
@@ -142,6 +148,10 @@ def measure(model: str, dataset: str, config: dict, steps: int, profile: bool = 
     from recbole.utils import init_seed
 
     config = dict(config, enable_amp=amp == "bf16")
+    before = backbone == BEFORE_BACKBONE
+    if before:  # hf_t5 as this package ran it before the compat fix: RecBole's SINE import left anomaly mode on
+        backbone = REFERENCE_BACKBONE
+        torch.autograd.set_detect_anomaly(True)
     if backbone is not None:
         config["backbone"] = backbone
     cfg = make_config(model, dataset, None, config)
@@ -309,7 +319,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--models", nargs="*", default=["SASRec", "TIGER", "DIGER"])
     ap.add_argument("--backbones", nargs="+", default=["hf_t5", "fast"],
-                    help="values of the config key `backbone` for TIGER/DIGER (hf_t5 = HuggingFace T5Model)")
+                    help="values of the config key `backbone` for TIGER/DIGER (hf_t5 = HuggingFace T5Model, fast = ours); "
+                         "`before` = hf_t5 with autograd anomaly mode on, the training step before the compat fix")
     ap.add_argument("--amp", nargs="+", default=["off"], choices=["off", "bf16"],
                     help="bf16: enable_amp True and the training loss under torch.autocast(bfloat16)")
     ap.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES),
@@ -425,6 +436,10 @@ def main() -> None:
         if bb != "-" and ref and ref["ok"]:
             row["train vs hf_t5"] = row["train samples/s"] / ref["train samples/s"]
             row["eval vs hf_t5"] = row["eval users/s"] / ref["eval users/s"]
+        old = rows.get((model, BEFORE_BACKBONE, "off", size, th))
+        if bb != "-" and old and old["ok"]:
+            row["train vs before"] = row["train samples/s"] / old["train samples/s"]
+            row["eval vs before"] = row["eval users/s"] / old["eval users/s"]
         sas = rows.get(("SASRec", "-", amp, size, th))
         if sas and sas["ok"]:
             row["train vs SASRec"] = row["train samples/s"] / sas["train samples/s"]
@@ -460,6 +475,8 @@ def main() -> None:
 
     cols = ["model", "backbone", "amp", "size", "threads", "train samples/s", "eval users/s", "peak RSS GiB",
             "MFLOP/sample", "train GFLOP/s", "% fp32 peak", "% bf16 peak", "train vs hf_t5", "eval vs hf_t5"]
+    if any("train vs before" in r for r in rows.values()):
+        cols += ["train vs before", "eval vs before"]
     if any("train vs SASRec" in r for r in rows.values()):
         cols.append("train vs SASRec")
     if args.rounds > 1:
@@ -475,7 +492,7 @@ def main() -> None:
                 r[k] = _num(row.get(k))
             r["peak RSS GiB"] = f"{row['peak RSS GiB']:.2f}"
             r["MFLOP/sample"] = _num(row["flops/sample"] / 1e6)
-            for k in ("train vs hf_t5", "eval vs hf_t5", "train vs SASRec"):
+            for k in ("train vs hf_t5", "eval vs hf_t5", "train vs before", "eval vs before", "train vs SASRec"):
                 r[k] = f"{row[k]:.2f}" if k in row else ""
         out_rows.append(r)
     print("\n" + table(out_rows, cols))
