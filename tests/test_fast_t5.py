@@ -144,3 +144,27 @@ def test_training_with_dropout_is_hf_for_the_same_seed():
     torch.manual_seed(7)
     b = fast(x, mask, y)
     assert (a - b).abs().max() < 1e-5
+
+
+def test_same_seed_same_training_losses_both_backbones():
+    # Five AdamW steps with dropout on: the fast backbone follows the reference's trajectory (rounding only).
+    vocab, losses = [8, 8, 5], {}
+    g = torch.Generator().manual_seed(0)
+    codes = torch.stack([torch.randint(k, (16, 6), generator=g) for k in vocab], -1)  # [B, H+1, C]
+    for bb in ("hf_t5", "fast"):
+        torch.manual_seed(11)
+        m = GenRec(vocab, d_model=32, d_ff=64, num_heads=2, d_kv=16, num_layers=2, num_decoder_layers=2,
+                   dropout=0.1, backbone=bb).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        out = []
+        for _ in range(5):
+            enc_emb, enc_mask = m.encoder_inputs(m.embed_codes(codes[:, :-1]), torch.ones(16, 5, dtype=torch.bool))
+            logits = m(enc_emb, enc_mask, m.decoder_inputs(m.embed_codes(codes[:, -1])))
+            loss = sum(torch.nn.functional.cross_entropy(lg, codes[:, -1, j]) for j, lg in enumerate(logits))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        losses[bb] = out
+    assert losses["hf_t5"][0] != losses["hf_t5"][-1]
+    assert max(abs(a - b) for a, b in zip(losses["hf_t5"], losses["fast"])) < 1e-4
