@@ -167,3 +167,21 @@ def test_atomic_header_with_wrong_separator_names_file_line_and_form(toy_root, h
         _build("TIGER", toy_root)
     msg = str(err.value)
     assert "toy.inter: header line" in msg and "tab-separated name:type" in msg and repr(header) in msg
+
+
+def test_unknown_backbone_is_refused_before_tokenizer_pretraining(toy_root, monkeypatch):
+    from diger.models import tiger
+
+    def _no_pretraining(*a, **k):
+        raise AssertionError("pre-training started before the backbone was checked")
+
+    monkeypatch.setattr(tiger.SemanticIDRecommender, "_init_tokenizer", _no_pretraining)
+    from recbole.data import create_dataset, data_preparation
+
+    from diger.quick_start import make_config, resolve_model
+    from genrec_fixtures import small_config
+
+    cfg = make_config("TIGER", "toy", None, small_config(toy_root, backbone="t5x"))
+    train, _, _ = data_preparation(cfg, create_dataset(cfg))
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        resolve_model("TIGER")(cfg, train._dataset)

@@ -22,7 +22,7 @@ from recbole.utils import InputType
 from .. import distributed as ddist
 from ..text import item_text_embeddings
 from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats, pretrain_tokenizer
-from .genrec import GenRec
+from .genrec import BACKBONES, GenRec
 from .trie import SIDTrie
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class SemanticIDRecommender(SequentialRecommender):
             raise ValueError(f"suffix_size must be >= 1, got {self.suffix_size}")
         if self.num_beams < max(topk):
             raise ValueError(f"num_beams ({self.num_beams}) must be >= max(topk) ({max(topk)})")
+        self.backbone = str(_cfg(config, "backbone", "fast"))
+        if self.backbone not in BACKBONES:  # before tokenizer pre-training, which can take minutes
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         self.num_codes = [self.code_num] * self.code_levels
         self.vocab_sizes = self.num_codes + [self.suffix_size]
 
@@ -106,7 +109,7 @@ class SemanticIDRecommender(SequentialRecommender):
             num_layers=int(_cfg(config, "t5_layers", 2)),
             num_decoder_layers=int(_cfg(config, "t5_decoder_layers", _cfg(config, "t5_layers", 2))),
             dropout=float(_cfg(config, "dropout", 0.1)),
-            backbone=str(_cfg(config, "backbone", "fast")),
+            backbone=self.backbone,
         )
 
     #: Multi-process training (diger.compat, DistributedDataParallel): the SID table, item embeddings and
