@@ -7,6 +7,7 @@ item-id order, so every item's semantic ID is unique. The SID table is ``[N+1, L
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -23,6 +24,26 @@ from .quantizer import LevelOut, VectorQuantizer
 from .sinkhorn import sinkhorn_assign
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one intra-op thread inside the block, restoring the caller's count afterwards.
+
+    Why: the fp32 GEMMs of the RQ-VAE backward split their reduction over the batch by thread count
+    on some CPUs (measured on an AVX512/AMX Xeon: 1 and 2 threads pre-trained different RQ-VAEs from one
+    seed), so semantic IDs depended on ``torch.get_num_threads()``. The tokenizer is small (ML-100K
+    pre-training: about 26 s on one thread), so one thread buys thread-independent semantic IDs cheaply.
+    """
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class SemanticIDCollisionError(ValueError):
@@ -211,19 +232,21 @@ class RQTokenizer(nn.Module):
         """Deterministic ``[n, L]`` codes of the full catalogue ``x [n, D]`` (eval mode, no noise).
 
         With ``sinkhorn`` each level is a float64 Sinkhorn-balanced assignment over all ``n`` items
-        (§4 step 2); otherwise the argmin-distance code.
+        (§4 step 2); otherwise the argmin-distance code. Runs on one thread (:func:`one_thread`), so the
+        codes do not depend on the thread count.
         """
         was_training = self.training
         self.eval()
         try:
-            r = self.encoder(x)
-            codes = []
-            for vq in self.quantizers:
-                d = vq.distances(r)
-                c = sinkhorn_assign(d, epsilon=sk_epsilon, iters=sk_iters) if sinkhorn else d.argmin(-1)
-                codes.append(c)
-                r = r - vq.embedding.weight[c]
-            return torch.stack(codes, dim=1)
+            with one_thread():
+                r = self.encoder(x)
+                codes = []
+                for vq in self.quantizers:
+                    d = vq.distances(r)
+                    c = sinkhorn_assign(d, epsilon=sk_epsilon, iters=sk_iters) if sinkhorn else d.argmin(-1)
+                    codes.append(c)
+                    r = r - vq.embedding.weight[c]
+                return torch.stack(codes, dim=1)
         finally:
             self.train(was_training)
 
@@ -257,9 +280,20 @@ def pretrain_tokenizer(
     k-means init of every level (unless ``kmeans == "none"``), AdamW with a linear LR decay, and
     the state with the lowest collision rate (ties: lower loss) kept, as in LETTER's trainer.
 
+    Runs on one torch thread (:func:`one_thread`): the same seed gives the same RQ-VAE on any thread count.
+
     Returns:
         ``{"best_epoch", "collision_rate", "loss", "history": [...]}``.
     """
+    with one_thread():
+        return _pretrain_tokenizer(tokenizer, x, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                                   eval_every=eval_every, kmeans=kmeans, kmeans_iters=kmeans_iters, seed=seed,
+                                   sinkhorn=sinkhorn, sk_epsilon=sk_epsilon, sk_iters=sk_iters,
+                                   show_progress=show_progress)
+
+
+def _pretrain_tokenizer(tokenizer, x, *, epochs, lr, weight_decay, batch_size, eval_every, kmeans, kmeans_iters, seed,
+                        sinkhorn, sk_epsilon, sk_iters, show_progress) -> Dict:
     g = torch.Generator().manual_seed(seed)
     if kmeans != "none":
         tokenizer.kmeans_init(x, niter=kmeans_iters, seed=seed, backend=kmeans)

@@ -69,10 +69,11 @@ def test_group_generators_make_a_group_independent_of_its_batch(noise):
 def test_two_processes_match_one_process(tmp_path):
     """2 steps (2 optimiser steps each, the second off-policy, KL on) on a tiny random Qwen2 with completions of
     unequal length, for loss_type token_mean and sequence_mean: the 2-process run gives the same gathered
-    advantages (atol 1e-6), losses (atol 1e-6) and weights (atol 1e-5) as 1 process with twice the gradient
+    advantages (atol 1e-6), losses (atol 1e-6) and weights (atol 5e-5) as 1 process with twice the gradient
     accumulation (the loss is normalised by the step's all-reduced token / sequence count, issue 13.1).
-    Measured here: advantages equal, losses within 3e-8, weights within 6e-6; normalising by each process's own
-    token count instead moves the token_mean weights by 0.07."""
+    Measured: advantages equal, losses within 3e-8, weights within 6e-6 (AMD EPYC) and 1.1e-5 (a CI Xeon: the
+    all-reduce sums in another order than one process's accumulation); normalising by each process's own token
+    count instead moves the token_mean weights by 0.07, 1400x the tolerance."""
     sys.path.insert(0, str(HERE))
     from softthink_dist_worker import LOSS_TYPES, run
 
@@ -108,7 +109,7 @@ def test_two_processes_match_one_process(tmp_path):
             for k in ("loss", "policy_loss", "kl", "reward", "completions/mean_length", "soft/frac_soft_steps"):
                 assert abs(one["metrics"][s][k] - two["metrics"][s][k]) <= 1e-6, (lt, s, k)
             for k, w in one["weights"][s].items():
-                torch.testing.assert_close(w, two["weights"][s][k], atol=1e-5, rtol=0,
+                torch.testing.assert_close(w, two["weights"][s][k], atol=5e-5, rtol=0,
                                            msg=lambda m, k=k: f"{lt} {k}: {m}")
         moved = max((w - init[k]).abs().max().item() for k, w in one["weights"][1].items())
         assert moved > 1e-3  # the weights did change
