@@ -21,11 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+import torch
 
 from . import compat
 from . import distributed as ddist
 from .data.atomic import check_header_line
-from .config import DigerConfig, check_mappings, check_value_types, warn_unknown_keys
+from .config import ConfigError, DigerConfig, check_mappings, check_value_types, warn_unknown_keys
 from .models import BASELINES, MODELS
 from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
@@ -112,6 +113,10 @@ def make_config(model: Union[str, type] = "DIGER", dataset: str = "ml-100k",
     if model_class.type != ModelType.TRADITIONAL and config["epochs"] is not None and config["epochs"] <= 0:
         warnings.warn(f"epochs={config['epochs']}: nothing is trained; the untrained model is evaluated",
                       UserWarning, stacklevel=2)
+    threads = config["torch_num_threads"] if "torch_num_threads" in config else None
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"config key 'torch_num_threads' expects a positive integer (torch.set_num_threads) "
+                          f"or None (keep torch's default), got {threads!r}")
     _check_data(config)
     return config
 
@@ -305,6 +310,18 @@ def order_by_exact_time(ds, config) -> None:
 
 
 def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resume_file: Optional[str] = None) -> Dict:
+    threads = config["torch_num_threads"] if "torch_num_threads" in config else None
+    if threads is None:
+        return _execute_run(config, model_class, out_dir, saved, start, resume_file)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))  # intra-op threads of this run only; the caller's count comes back
+    try:
+        return _execute_run(config, model_class, out_dir, saved, start, resume_file)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _execute_run(config, model_class, out_dir: Path, saved: bool, start: float, resume_file: Optional[str]) -> Dict:
     init_seed(config["seed"], config["reproducibility"])
     _init_logging(config)
     log = logging.getLogger()

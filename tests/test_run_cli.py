@@ -191,3 +191,27 @@ def test_resume_with_other_options_is_refused(toy_root, capsys):
 
     assert main(["run", "--resume", str(toy_root), "--model", "TIGER"]) == 2
     assert "drop the other options" in capsys.readouterr().err
+
+
+def test_torch_num_threads_key_sets_threads_for_the_run_only(toy_root, monkeypatch):
+    """`torch_num_threads: 1` runs the whole job on one intra-op thread and gives the caller's count back;
+    a bad value is refused before any data is read."""
+    from diger import quick_start
+    from diger.config import ConfigError
+
+    for bad in (0, -2, 1.5, "two", True):
+        with pytest.raises(ConfigError, match=f"'torch_num_threads' expects a positive integer.*got {bad!r}"):
+            quick_start.make_config("SASRec", "toy", config_dict=small_config(toy_root, torch_num_threads=bad))
+    seen = []
+    monkeypatch.setattr(quick_start, "_execute_run", lambda *a, **k: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cfg = quick_start.make_config("SASRec", "toy", config_dict=small_config(toy_root, torch_num_threads=1))
+        quick_start._execute(cfg, quick_start.resolve_model("SASRec"), toy_root, False, 0.0)
+        assert seen == [1] and torch.get_num_threads() == 2
+        cfg = quick_start.make_config("SASRec", "toy", config_dict=small_config(toy_root))
+        quick_start._execute(cfg, quick_start.resolve_model("SASRec"), toy_root, False, 0.0)
+        assert seen == [1, 2]  # unset: torch's count is left alone
+    finally:
+        torch.set_num_threads(before)
