@@ -46,6 +46,36 @@ def _evaluate(args, extra: List[str]) -> int:
     return 0
 
 
+def _recommend(args) -> int:
+    from .serving import load_recommender
+
+    users = [u for arg in args.user for u in arg.split(",") if u]
+    histories = [[i for i in arg.split(",") if i] for arg in args.history]
+    if not users and not histories:
+        raise ValueError("recommend: give --user USER_ID or --history ID1,ID2,... (or both)")
+    rec = load_recommender(args.run, device=None if args.device == "run" else args.device)
+    kw = {"exclude_history": args.exclude_history}
+    out = []
+    if users:
+        for u, lst in zip(users, rec.recommend_users(users, args.topk, **kw)):
+            out.append({"user_id": u, "history_length": len(rec.user_history(u)), "items": lst})
+    if histories:
+        for h, lst in zip(histories, rec.recommend(histories, args.topk, skip_unknown=args.skip_unknown, **kw)):
+            out.append({"history": h, "items": lst})
+    for o in out:
+        o["items"] = [{"item_id": i, "score": s} for i, s in o["items"]]
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for o in out:
+        head = f"user {o['user_id']} ({o['history_length']} interactions)" if "user_id" in o else \
+            f"history {','.join(o['history'])}"
+        print(f"{head}: top {len(o['items'])} of {rec.config['model']}")
+        for rank, r in enumerate(o["items"], 1):
+            print(f"  {rank} {r['item_id']} {r['score']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diger", description=__doc__)
     sub = p.add_subparsers(dest="command", required=False)
@@ -67,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
         data_cli.add_arguments(d)
     except ImportError:
         pass
+    rc = sub.add_parser("recommend", help="top-K raw item ids for users or histories from a trained run",
+                        description="Ranks items with the run's best checkpoint (the scores evaluation ranks).")
+    rc.add_argument("run", metavar="RUN_DIR", help="a run folder written by `diger run`, or its .pth checkpoint")
+    rc.add_argument("--user", action="append", default=[], metavar="USER_ID",
+                    help="raw user id (repeatable, or comma-separated): ranks after the user's whole history")
+    rc.add_argument("--history", action="append", default=[], metavar="ID1,ID2,...",
+                    help="raw item ids, oldest first (repeatable: one history each)")
+    rc.add_argument("--topk", type=int, default=10, help="list length (default 10)")
+    rc.add_argument("--exclude-history", action="store_true", help="never recommend an item of the history")
+    rc.add_argument("--skip-unknown", action="store_true", help="drop unknown item ids instead of failing")
+    rc.add_argument("--device", default="cpu", help="cpu (default) or the run's own device (`run`)")
+    rc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sd = sub.add_parser("sid", help="semantic-ID tables of TIGER / DIGER runs")
+    sds = sd.add_subparsers(dest="sid_command", required=True)
+    ex = sds.add_parser("export", help="write item_id, code_1..code_L, suffix with raw item ids")
+    ex.add_argument("run", metavar="RUN_DIR", help="a TIGER / DIGER run folder, or its .pth checkpoint")
+    ex.add_argument("--out", required=True, help="FILE.csv | FILE.jsonl | FILE.parquet (needs pyarrow)")
     pl = sub.add_parser("plot", help="draw codebook-usage figures of a run directory")
     pl.add_argument("run_dir")
     return p
@@ -92,13 +139,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .data import cli as data_cli
 
             return data_cli.run(args)
+        if args.command == "sid":
+            from .serving import export_semantic_ids
+
+            n = export_semantic_ids(args.run, args.out)
+            print(f"{n} items written to {args.out}")
+            return 0
+        if args.command == "recommend":
+            return _recommend(args)
         if args.command == "plot":
             from .plot import plot_run
 
             for f in plot_run(args.run_dir):
                 print(f)
             return 0
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
+    except KeyError as exc:  # unknown ids: KeyError's str() adds quotes around the whole message
+        print(f"diger: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError, ImportError) as exc:
         print(f"diger: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -386,11 +386,14 @@ def _execute_run(config, model_class, out_dir: Path, saved: bool, start: float, 
     return result
 
 
-def evaluate_checkpoint(path: str, overrides: Optional[Dict] = None) -> Dict:
-    """Rebuild the run saved in checkpoint ``path`` and evaluate its test split (same seed, same split).
+def rebuild_from_checkpoint(path: str, overrides: Optional[Dict] = None):
+    """Config, dataset, splits and model of the run saved in checkpoint ``path`` (weights not yet loaded).
 
-    Nothing is recomputed from the text model or the tokenizer: the SID table, item embeddings and
-    weights come from the checkpoint. Returns ``{"test_result": ..., "checkpoint": path}``.
+    The dataset is re-read and split with the saved config and seed; semantic-ID models skip stage 0
+    (``restore_from_checkpoint``): their SID table and item embeddings come with the weights.
+
+    Returns:
+        ``(ckpt, config, dataset, (train_data, valid_data, test_data), model)``.
 
     Raises:
         CheckpointError: for a missing or unreadable checkpoint.
@@ -407,10 +410,22 @@ def evaluate_checkpoint(path: str, overrides: Optional[Dict] = None) -> Dict:
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     ds = load_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, ds)
-    model_class = resolve_model(ckpt["model"])
-    net = model_class(config, train_data._dataset).to(config["device"])
-    trainer = trainer_class(model_class)(config, net)
+    splits = data_preparation(config, ds)
+    net = resolve_model(ckpt["model"])(config, splits[0]._dataset).to(config["device"])
+    return ckpt, config, ds, splits, net
+
+
+def evaluate_checkpoint(path: str, overrides: Optional[Dict] = None) -> Dict:
+    """Rebuild the run saved in checkpoint ``path`` and evaluate its test split (same seed, same split).
+
+    Nothing is recomputed from the text model or the tokenizer: the SID table, item embeddings and
+    weights come from the checkpoint. Returns ``{"test_result": ..., "checkpoint": path}``.
+
+    Raises:
+        CheckpointError: for a missing or unreadable checkpoint.
+    """
+    ckpt, config, ds, (train_data, valid_data, test_data), net = rebuild_from_checkpoint(path, overrides)
+    trainer = trainer_class(resolve_model(ckpt["model"]))(config, net)
     test_result = trainer.evaluate(test_data, load_best_model=True, model_file=path,
                                    show_progress=bool(config["show_progress"]))
     return {"model": ckpt["model"], "dataset": ckpt["dataset"], "checkpoint": path,
