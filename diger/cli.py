@@ -111,8 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sd = sub.add_parser("sid", help="semantic-ID tables of TIGER / DIGER runs")
     sds = sd.add_subparsers(dest="sid_command", required=True)
+    bd = sds.add_parser("build", help="run stage 0 (item embeddings, RQ-VAE, SID table) once and save it",
+                        description="Extra --key=value arguments override config keys, as for `diger run`. "
+                                    "Train on the result with `diger run ... --sid_artifact=OUT`.")
+    bd.add_argument("--model", "-m", default="TIGER", help="TIGER (default) or DIGER: whose settings to use")
+    bd.add_argument("--dataset", "-d", default="ml-100k")
+    bd.add_argument("--config_files", "--config-files", nargs="*", default=None)
+    bd.add_argument("--data_path", "--data-path", default=None)
+    bd.add_argument("--out", required=True, help="the artifact folder to write")
     ex = sds.add_parser("export", help="write item_id, code_1..code_L, suffix with raw item ids")
-    ex.add_argument("run", metavar="RUN_DIR", help="a TIGER / DIGER run folder, or its .pth checkpoint")
+    ex.add_argument("run", metavar="RUN_DIR|ARTIFACT", help="a TIGER / DIGER run folder, its .pth checkpoint, "
+                    "or an artifact folder from `diger sid build`")
     ex.add_argument("--out", required=True, help="FILE.csv | FILE.jsonl | FILE.parquet (needs pyarrow)")
     pl = sub.add_parser("plot", help="draw codebook-usage figures of a run directory")
     pl.add_argument("run_dir")
@@ -131,6 +140,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.command is None:
                 args = parser.parse_args(["run"])
             return _run(args, extra)
+        if args.command == "sid" and args.sid_command == "build":
+            from .artifact import build_artifact
+            from .config import parse_overrides
+
+            overrides = parse_overrides(extra)
+            if args.data_path:
+                overrides.setdefault("data_path", args.data_path)
+            out = build_artifact(args.out, model=args.model, dataset=args.dataset,
+                                 config_file_list=args.config_files, config_dict=overrides)
+            meta = json.loads((out / "artifact.json").read_text())
+            print(json.dumps({"artifact": str(out), "n_items": meta["n_items"], "key": meta["hashes"]["key"],
+                              "pretrain_info": {k: v for k, v in meta["pretrain_info"].items() if k != "history"}},
+                             indent=2))
+            return 0
         if extra:
             parser.error(f"unrecognised arguments: {' '.join(extra)}")
         if args.command == "evaluate":
@@ -139,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .data import cli as data_cli
 
             return data_cli.run(args)
-        if args.command == "sid":
+        if args.command == "sid":  # export
             from .serving import export_semantic_ids
 
             n = export_semantic_ids(args.run, args.out)

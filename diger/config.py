@@ -108,7 +108,7 @@ class DigerConfig(Config):
 RUNNER_KEYS = frozenset({
     "output_dir", "dist_backend", "text_fields", "text_fill", "text_model", "text_missing_reason",
     "item_emb_file", "item_emb_dim", "embedding_cache_dir", "restore_from_checkpoint", "sid_table_file",
-    "eval_score_chunk_mb", "torch_num_threads",
+    "eval_score_chunk_mb", "torch_num_threads", "sid_artifact",
 })
 
 

@@ -258,7 +258,7 @@ def export_semantic_ids(path: Union[str, os.PathLike], out: Union[str, os.PathLi
     """Write a TIGER/DIGER run's item -> semantic-ID table to ``out`` (``.csv``, ``.jsonl`` or ``.parquet``).
 
     Args:
-        path: a run folder or checkpoint (see :func:`load_recommender`).
+        path: a run folder or checkpoint (see :func:`load_recommender`), or a semantic-ID artifact folder.
         out: the file to write; its suffix picks the format. Written to a temp file, then renamed: an
             interrupted export leaves no half-written file.
 
@@ -279,7 +279,15 @@ def export_semantic_ids(path: Union[str, os.PathLike], out: Union[str, os.PathLi
             raise ImportError(f"{out}: writing parquet needs pyarrow (pip install pyarrow); or use .csv / .jsonl") from exc
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out}: folder {out.parent} does not exist")
-    columns, rows = semantic_id_rows(load_recommender(path, device="cpu"))
+    if (Path(path) / "artifact.json").is_file():  # a semantic-ID artifact (diger sid build): its table as saved
+        from .artifact import load_artifact
+
+        art = load_artifact(path)
+        levels = art.sid_table.shape[1] - 1
+        columns = ["item_id"] + [f"code_{j + 1}" for j in range(levels)] + ["suffix"]
+        rows = [[i] + r for i, r in zip(art.item_ids, art.sid_table.tolist())]
+    else:
+        columns, rows = semantic_id_rows(load_recommender(path, device="cpu"))
     import tempfile
 
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=fmt)

@@ -10,6 +10,7 @@ with, and nothing is recomputed at load time.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -20,6 +21,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from .. import distributed as ddist
+from ..artifact import ArtifactError, cache_folder, content_hashes, load_artifact, save_artifact, sid_settings
 from ..text import item_text_embeddings
 from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats, pretrain_tokenizer
 from .genrec import BACKBONES, GenRec
@@ -82,7 +84,15 @@ class SemanticIDRecommender(SequentialRecommender):
         self._table_version = 0
         self.dataset_item_tokens = dataset.field2id_token[config["ITEM_ID_FIELD"]]
         restoring = bool(_cfg(config, "restore_from_checkpoint", False))
-        if _cfg(config, "sid_table_file", None) and not restoring:
+        self._artifact = None  # a loaded SemanticIDArtifact: stage 0 is read, not recomputed
+        self._artifact_target: Optional[str] = None  # sid_artifact: auto, not cached yet: save stage 0 there
+        art = None if restoring else _cfg(config, "sid_artifact", None)
+        if art is not None and str(art) != "auto":
+            self._artifact = load_artifact(art)
+            self._artifact.check_fits(config)
+            emb, self._artifact_table = self._artifact.aligned(list(self.dataset_item_tokens))
+            config["item_emb_dim"] = int(emb.shape[1])
+        elif _cfg(config, "sid_table_file", None) and not restoring:
             emb = torch.zeros(self.n_items, 1)  # published IDs: no item text needed
             config["item_emb_dim"] = 1
         elif restoring:
@@ -94,6 +104,8 @@ class SemanticIDRecommender(SequentialRecommender):
             emb = ddist.broadcast_new_tensor(
                 torch.from_numpy(item_text_embeddings(config, dataset)) if ddist.is_main() else None)
             config["item_emb_dim"] = int(emb.shape[1])
+            if art is not None:  # auto: the cache folder is named by the hash of the stage-0 inputs
+                self._auto_artifact(config, emb)
         self.register_buffer("item_emb", emb.float())
         self.tokenizer = RQTokenizer(emb.shape[1], list(_cfg(config, "encoder_layers", [256, 128])),
                                      int(_cfg(config, "e_dim", 64)), self.num_codes, float(_cfg(config, "vq_beta", 0.25)),
@@ -137,8 +149,41 @@ class SemanticIDRecommender(SequentialRecommender):
         self.pretrain_info = ddist.broadcast_object(self.pretrain_info)
         self._table_version += 1
 
+    def _auto_artifact(self, config, emb: torch.Tensor) -> None:
+        """``sid_artifact: auto``: reuse ``$DIGER_CACHE/sid/<key>`` when it exists, else build it after stage 0."""
+        key = content_hashes([str(t) for t in self.dataset_item_tokens[1:]], emb[1:].numpy(), sid_settings(config))["key"]
+        folder = cache_folder(key)
+        if (folder / "artifact.json").is_file():
+            try:
+                self._artifact = load_artifact(folder)
+                self._artifact.check_fits(config)
+                _, self._artifact_table = self._artifact.aligned(list(self.dataset_item_tokens))
+                logger.info("sid_artifact auto: reusing %s (same item ids, embeddings and settings)", folder)
+                return
+            except ArtifactError as exc:
+                logger.warning("sid_artifact auto: %s; pre-training again and replacing it", exc)
+                self._artifact = None
+        logger.info("sid_artifact auto: no artifact for key %s yet; pre-training and saving it to %s", key[:12], folder)
+        self._artifact_target = str(folder)
+
+    def save_sid_artifact(self, folder) -> Path:
+        """Write this model's stage 0 (item embeddings, tokenizer, SID table) as an artifact (:mod:`diger.artifact`)."""
+        config = self.config
+        text = {k: (config[k] if k in config else None) for k in ("text_fields", "text_model", "item_emb_file")}
+        text = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in text.items()}
+        return save_artifact(folder, dataset=str(config["dataset"]), item_ids=[str(t) for t in self.dataset_item_tokens[1:]],
+                             item_emb=self.item_emb[1:].cpu().numpy(), tokenizer_state=self.tokenizer.state_dict(),
+                             sid_table=self.sid_table[1:], settings=sid_settings(config),
+                             pretrain_info=self.pretrain_info, codebook=self.codebook_statistics(), text=text)
+
     def _init_tokenizer_local(self, config) -> None:
         x = self.item_emb[1:]
+        if self._artifact is not None:
+            self.tokenizer.load_state_dict(self._artifact.tokenizer_state)
+            self.sid_table.copy_(self._artifact_table)
+            self._table_version += 1
+            self.pretrain_info = {"sid_artifact": str(self._artifact.folder), **self._artifact.meta["pretrain_info"]}
+            return
         if _cfg(config, "sid_table_file", None):
             return self._load_published_ids(config)
         path = _cfg(config, "rqvae_path", None)
@@ -164,6 +209,9 @@ class SemanticIDRecommender(SequentialRecommender):
                 show_progress=bool(_cfg(config, "show_progress", False)),
             )
         self.refresh_semantic_ids()
+        if self._artifact_target:
+            self.save_sid_artifact(self._artifact_target)
+            self.pretrain_info = {**self.pretrain_info, "sid_artifact": self._artifact_target}
 
     def _load_published_ids(self, config) -> None:
         """Fixed semantic IDs from a published index (LETTER's ``*.index.json``) plus our collision suffix.
@@ -285,6 +333,6 @@ class TIGER(SemanticIDRecommender):
         self.tokenizer.requires_grad_(False)
 
     def refresh_semantic_ids(self):
-        if _cfg(self.config, "sid_table_file", None):  # published IDs stay as loaded
+        if _cfg(self.config, "sid_table_file", None) or self._artifact is not None:  # loaded IDs stay as loaded
             return self.codebook_statistics()
         return super().refresh_semantic_ids()

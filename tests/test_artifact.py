@@ -1,0 +1,101 @@
+"""Semantic-ID artifacts: build once, reuse by content hash, load explicitly, refuse what does not fit (issue 15)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genrec_fixtures import small_config
+
+
+def _run(root, name, model="TIGER", **extra):
+    from diger.quick_start import run
+
+    out = root / name
+    return run(model, "toy", None, small_config(root, output_dir=str(out), checkpoint_dir=str(out),
+                                                show_progress=False, **extra))
+
+
+def test_auto_artifact_is_built_once_and_reused(toy_root, monkeypatch):
+    import diger.models.tiger as tiger
+
+    plain = _run(toy_root, "plain")
+    first = _run(toy_root, "auto1", sid_artifact="auto")
+    cached = list((toy_root / "cache" / "sid").iterdir())
+    assert len(cached) == 1 and first["semantic_ids"]["tokenizer_pretraining"]["sid_artifact"] == str(cached[0])
+    assert first["test_result"] == plain["test_result"]  # building it changes nothing
+
+    def no_pretraining(*a, **k):
+        raise AssertionError("pre-trained although the artifact matches")
+
+    with monkeypatch.context() as m:
+        m.setattr(tiger, "pretrain_tokenizer", no_pretraining)
+        again = _run(toy_root, "auto2", sid_artifact="auto")
+        # DIGER reuses it too (same stage-0 settings) and trains its codebooks from there
+        diger_run = _run(toy_root, "auto3", model="DIGER", sid_artifact="auto")
+    assert again["test_result"] == plain["test_result"]  # same IDs, same tokenizer, same T5 training
+    assert diger_run["semantic_ids"]["tokenizer_pretraining"]["sid_artifact"] == str(cached[0])
+    table = torch.load(again["checkpoint"], weights_only=True)["state_dict"]["sid_table"]
+    assert torch.equal(table, torch.load(plain["checkpoint"], weights_only=True)["state_dict"]["sid_table"])
+
+    # other stage-0 inputs, other key: a changed setting and changed item embeddings pre-train again
+    _run(toy_root, "auto4", sid_artifact="auto", rqvae_epochs=10)
+    emb = np.load(toy_root / "toy" / "emb.npz")
+    np.savez(toy_root / "other.npz", item_id=emb["item_id"], embedding=emb["embedding"] + 0.5)
+    _run(toy_root, "auto5", sid_artifact="auto", item_emb_file=str(toy_root / "other.npz"))
+    assert len(list((toy_root / "cache" / "sid").iterdir())) == 3
+
+
+def test_sid_build_cli_and_explicit_artifact(toy_root, capsys):
+    from diger.artifact import ArtifactError, load_artifact
+    from diger.cli import main
+    from diger.quick_start import make_config
+
+    art = toy_root / "art"
+    cfg = small_config(toy_root)
+    overrides = [f"--{k}={json.dumps(v)}" for k, v in cfg.items()]
+    assert main(["sid", "build", "--model", "TIGER", "--dataset", "toy", "--out", str(art), *overrides]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_items"] == 24 and len(printed["key"]) == 64
+    loaded = load_artifact(art)
+    assert loaded.sid_table.shape == (24, 3) and len({tuple(r) for r in loaded.sid_table.tolist()}) == 24
+    assert loaded.item_emb.shape == (24, 16)
+
+    plain = _run(toy_root, "plain")
+    used = _run(toy_root, "explicit", sid_artifact=str(art))
+    assert used["test_result"] == plain["test_result"]
+    # the run's table is the artifact's, row for row by raw item id
+    rows = list(csv.reader(open(art / "sid_table.csv")))
+    assert rows[0] == ["item_id", "code_1", "code_2", "suffix"]
+    table = torch.load(used["checkpoint"], weights_only=True)["state_dict"]["sid_table"]
+    import diger
+
+    rec = diger.load_recommender(used["checkpoint"])
+    by_id = {r[0]: [int(v) for v in r[1:]] for r in rows[1:]}
+    assert [by_id[i] for i in rec.item_ids] == table[1:].tolist()
+    # export of the artifact equals its table
+    assert main(["sid", "export", str(art), "--out", str(toy_root / "a.csv")]) == 0
+    assert list(csv.reader(open(toy_root / "a.csv"))) == rows
+
+    # what does not fit is refused by name
+    with pytest.raises(ArtifactError, match=r"other model shapes \(code_num: run 8, artifact 4\)"):
+        _run(toy_root, "bad", sid_artifact=str(art), code_num=8)
+    with pytest.raises(ArtifactError, match=r"no semantic ID for item 'zzz' \(1 of the dataset's 25"):
+        loaded.aligned(["[PAD]", *loaded.item_ids, "zzz"])
+    with pytest.raises(ArtifactError, match="no such folder"):
+        load_artifact(toy_root / "nope")
+    text = (art / "sid_table.csv").read_text().splitlines()
+    head, first = text[0], text[1].split(",")
+    first[1] = str((int(first[1]) + 1) % 4)
+    (art / "sid_table.csv").write_text("\n".join([head, ",".join(first), *text[2:]]) + "\n")
+    with pytest.raises(ArtifactError, match="sid_table.csv: content changed"):
+        load_artifact(art)
+    (art / "tokenizer.pt").unlink()
+    with pytest.raises(ArtifactError, match=r"missing \['tokenizer.pt'\]"):
+        load_artifact(art)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sid_artifact is a known key: no "unknown key" warning
+        make_config("TIGER", "toy", config_dict={**cfg, "sid_artifact": "auto"})
