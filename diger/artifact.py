@@ -105,6 +105,7 @@ def save_artifact(folder, *, dataset: str, item_ids: Sequence[str], item_emb: np
             w = csv.writer(fh)
             w.writerow(["item_id"] + [f"code_{j + 1}" for j in range(levels)] + ["suffix"])
             w.writerows([i] + row for i, row in zip(item_ids, table.tolist()))
+        meta["tokenizer_sha256"] = _sha((stage / "tokenizer.pt").read_bytes())
         (stage / "artifact.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return Path(folder)
 
@@ -153,8 +154,8 @@ class SemanticIDArtifact:
         missing = [t for t in tokens if t not in index]
         if missing:
             raise ArtifactError(f"sid_artifact {self.folder} has no semantic ID for item {missing[0]!r} "
-                                f"({len(missing)} of the dataset's {len(tokens)} items are missing); give them IDs "
-                                f"with `diger sid assign` or build the artifact on this dataset")
+                                f"({len(missing)} of the dataset's {len(tokens)} items are missing); build the "
+                                f"artifact on this dataset (diger sid build)")
         rows = torch.as_tensor([index[t] for t in tokens], dtype=torch.long)
         emb = torch.zeros(len(tokens) + 1, self.item_emb.shape[1])
         emb[1:] = torch.from_numpy(self.item_emb)[rows]
@@ -189,15 +190,28 @@ def load_artifact(folder) -> SemanticIDArtifact:
         rows = list(csv.reader(fh))[1:]
     if [r[0] for r in rows] != item_ids:
         raise ArtifactError(f"sid_artifact {folder}/sid_table.csv: its item ids differ from item_embeddings.npz")
-    table = torch.tensor([[int(v) for v in r[1:]] for r in rows], dtype=torch.long).view(len(rows), -1)
+    try:
+        table = torch.tensor([[int(v) for v in r[1:]] for r in rows], dtype=torch.long).view(len(rows), -1)
+    except ValueError:
+        row = next(n for n, r in enumerate(rows, 2) if not all(v.lstrip("-").isdigit() for v in r[1:]))
+        raise ArtifactError(f"sid_artifact {folder}/sid_table.csv line {row}: codes must be integers, got "
+                            f"{rows[row - 2][1:]!r}") from None
     hashes = content_hashes(item_ids, item_emb, meta["settings"])
-    for name, key in (("item_embeddings.npz", "embeddings"), ("item_embeddings.npz", "items")):
+    for name, key in (("item_embeddings.npz", "embeddings"), ("item_embeddings.npz", "items"),
+                      ("artifact.json", "settings")):
         if hashes[key] != meta["hashes"][key]:
             raise ArtifactError(f"sid_artifact {folder}/{name}: content changed since the artifact was built "
                                 f"({key} hash differs); rebuild it")
     if _sha(table.numpy().tobytes()) != meta["sid_table_sha256"]:
         raise ArtifactError(f"sid_artifact {folder}/sid_table.csv: content changed since the artifact was built; rebuild it")
-    state = torch.load(folder / "tokenizer.pt", map_location="cpu", weights_only=True)
+    if _sha((folder / "tokenizer.pt").read_bytes()) != meta.get("tokenizer_sha256"):
+        raise ArtifactError(f"sid_artifact {folder}/tokenizer.pt: content changed since the artifact was built "
+                            f"(it no longer belongs to this SID table); rebuild it")
+    try:
+        state = torch.load(folder / "tokenizer.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable / not plain tensors: never retry with weights_only=False
+        raise ArtifactError(f"sid_artifact {folder}/tokenizer.pt cannot be read as plain tensors ({type(exc).__name__}); "
+                            f"rebuild the artifact") from None
     return SemanticIDArtifact(folder, meta, item_ids, item_emb, table, state)
 
 

@@ -49,8 +49,10 @@ def _evaluate(args, extra: List[str]) -> int:
 def _recommend(args) -> int:
     from .serving import load_recommender
 
-    users = [u for arg in args.user for u in arg.split(",") if u]
-    histories = [[i for i in arg.split(",") if i] for arg in args.history]
+    users = [u.strip() for arg in args.user for u in arg.split(",") if u.strip()]
+    histories = [[i.strip() for i in arg.split(",") if i.strip()] for arg in args.history]
+    if args.topk < 1:
+        raise ValueError(f"recommend: --topk must be >= 1, got {args.topk}")
     if not users and not histories:
         raise ValueError("recommend: give --user USER_ID or --history ID1,ID2,... (or both)")
     rec = load_recommender(args.run, device=None if args.device == "run" else args.device)

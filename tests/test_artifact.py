@@ -91,6 +91,21 @@ def test_sid_build_cli_and_explicit_artifact(toy_root, capsys):
     (art / "sid_table.csv").write_text("\n".join([head, ",".join(first), *text[2:]]) + "\n")
     with pytest.raises(ArtifactError, match="sid_table.csv: content changed"):
         load_artifact(art)
+    (art / "sid_table.csv").write_text("\n".join(text) + "\n")  # restored
+    load_artifact(art)
+    meta = json.loads((art / "artifact.json").read_text())
+    meta["settings"]["code_num"] = 8
+    (art / "artifact.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="artifact.json: content changed"):
+        load_artifact(art)
+    meta["settings"]["code_num"] = 4
+    (art / "artifact.json").write_text(json.dumps(meta))
+    good = (art / "tokenizer.pt").read_bytes()
+    (art / "tokenizer.pt").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="tokenizer.pt: content changed"):
+        load_artifact(art)
+    (art / "tokenizer.pt").write_bytes(good)
+    load_artifact(art)
     (art / "tokenizer.pt").unlink()
     with pytest.raises(ArtifactError, match=r"missing \['tokenizer.pt'\]"):
         load_artifact(art)
