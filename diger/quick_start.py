@@ -144,7 +144,15 @@ def _output_dir(config) -> Path:
     out = config["output_dir"] if "output_dir" in config else None
     if not out:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = os.path.join("runs", f"{config['model']}-{config['dataset']}-{stamp}")
+        base = os.path.join("runs", f"{config['model']}-{config['dataset']}-{stamp}")
+        out, n = base, 1
+        while True:  # reserve atomically: two runs started in the same second must not share a folder
+            try:
+                os.makedirs(out)
+                break
+            except FileExistsError:
+                n += 1
+                out = f"{base}-{n}"
     return Path(out)
 
 
@@ -164,7 +172,17 @@ def run(model: Union[str, type] = "DIGER", dataset: str = "ml-100k", config_file
     """
     start = time.time()
     config = make_config(model, dataset, config_file_list, config_dict)
+    reserved = not (config["output_dir"] if "output_dir" in config else None)
     out_dir = _output_dir(config)
+    try:
+        return _run_in(config, model, dataset, config_file_list, config_dict, saved, start, out_dir)
+    except BaseException:
+        if reserved and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that failed before writing anything leaves no folder behind
+        raise
+
+
+def _run_in(config, model, dataset, config_file_list, config_dict, saved, start, out_dir):
     if "checkpoint_dir" not in (config_dict or {}) and "checkpoint_dir" not in config.file_config_dict:
         config["checkpoint_dir"] = str(out_dir)
     config["checkpoint_dir"] = os.path.abspath(config["checkpoint_dir"])

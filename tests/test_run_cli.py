@@ -215,3 +215,24 @@ def test_torch_num_threads_key_sets_threads_for_the_run_only(toy_root, monkeypat
         assert seen == [1, 2]  # unset: torch's count is left alone
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_run_folders_are_unique_within_a_second(toy_root, monkeypatch):
+    """Two runs named in the same second get two folders (the second gets -2); a failed reservation is removed."""
+    from diger import quick_start
+
+    class Frozen:
+        @staticmethod
+        def now():
+            import datetime as dt
+
+            return dt.datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(quick_start, "datetime", Frozen)
+    cfg = quick_start.make_config("Pop", "toy", config_dict=small_config(toy_root))
+    a, b = quick_start._output_dir(cfg), quick_start._output_dir(cfg)
+    assert a.name == "Pop-toy-20260102-030405" and b.name == "Pop-toy-20260102-030405-2" and a.is_dir() and b.is_dir()
+    monkeypatch.setattr(quick_start, "_run_in", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        quick_start.run("Pop", "toy", None, small_config(toy_root))
+    assert not (toy_root / "runs" / "Pop-toy-20260102-030405-3").exists()
