@@ -46,11 +46,14 @@ class ArtifactError(ValueError):
 
 def sid_settings(config) -> Dict:
     """The :data:`SID_KEYS` values of a RecBole config as plain JSON data (``None`` for unset keys)."""
-    out = {}
-    for k in SID_KEYS:
-        v = config[k] if k in config else None
-        out[k] = list(v) if isinstance(v, (list, tuple)) else v
-    return out
+    from .compat import to_plain
+
+    return {k: to_plain(config[k] if k in config else None) for k in SID_KEYS}
+
+
+def sid_columns(levels: int) -> List[str]:
+    """Column names of an exported SID table: ``item_id, code_1 .. code_L, suffix`` (DIGER-method.md §4)."""
+    return ["item_id"] + [f"code_{j + 1}" for j in range(levels)] + ["suffix"]
 
 
 def _sha(*parts: bytes) -> str:
@@ -81,6 +84,7 @@ def save_artifact(folder, *, dataset: str, item_ids: Sequence[str], item_emb: np
     Raises:
         ArtifactError: for mismatched lengths or a table holding ``-1`` (an item without a semantic ID).
     """
+    from .compat import to_plain
     from .data.atomic import StagedOutput
 
     item_ids = [str(i) for i in item_ids]
@@ -95,7 +99,7 @@ def save_artifact(folder, *, dataset: str, item_ids: Sequence[str], item_emb: np
     meta = {
         "format": FORMAT, "dataset": dataset, "n_items": len(item_ids), "embedding_dim": int(item_emb.shape[1]),
         "code_levels": levels, "settings": settings, "hashes": hashes, "text": text or {},
-        "pretrain_info": _plain(pretrain_info or {}), "codebook": _plain(codebook or {}),
+        "pretrain_info": to_plain(pretrain_info or {}), "codebook": to_plain(codebook or {}),
         "sid_table_sha256": _sha(table.numpy().tobytes()),
     }
     with StagedOutput(Path(folder)) as stage:
@@ -103,23 +107,11 @@ def save_artifact(folder, *, dataset: str, item_ids: Sequence[str], item_emb: np
         torch.save({k: v.detach().cpu() for k, v in tokenizer_state.items()}, stage / "tokenizer.pt")
         with open(stage / "sid_table.csv", "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["item_id"] + [f"code_{j + 1}" for j in range(levels)] + ["suffix"])
+            w.writerow(sid_columns(levels))
             w.writerows([i] + row for i, row in zip(item_ids, table.tolist()))
         meta["tokenizer_sha256"] = _sha((stage / "tokenizer.pt").read_bytes())
         (stage / "artifact.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return Path(folder)
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 class SemanticIDArtifact:

@@ -10,6 +10,7 @@ CPU, NCCL on CUDA, :mod:`diger.compat`). Rank 0 writes the logs, ``run.json``, c
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,13 +22,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-import torch
-
 from . import compat
 from . import distributed as ddist
 from .data.atomic import check_header_line
 from .config import ConfigError, DigerConfig, check_mappings, check_value_types, warn_unknown_keys
 from .models import BASELINES, MODELS
+from .tokenizer import torch_threads
 from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
 from recbole.data import create_dataset, data_preparation
@@ -329,14 +329,9 @@ def order_by_exact_time(ds, config) -> None:
 
 def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resume_file: Optional[str] = None) -> Dict:
     threads = config["torch_num_threads"] if "torch_num_threads" in config else None
-    if threads is None:
+    # intra-op threads of this run only; the caller's count comes back
+    with torch_threads(int(threads)) if threads is not None else contextlib.nullcontext():
         return _execute_run(config, model_class, out_dir, saved, start, resume_file)
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))  # intra-op threads of this run only; the caller's count comes back
-    try:
-        return _execute_run(config, model_class, out_dir, saved, start, resume_file)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _execute_run(config, model_class, out_dir: Path, saved: bool, start: float, resume_file: Optional[str]) -> Dict:

@@ -247,9 +247,10 @@ def semantic_id_rows(rec: Recommender) -> Tuple[List[str], List[List[int]]]:
     table = getattr(rec.model, "sid_table", None)
     if table is None:
         raise ValueError(f"{rec.config['model']} has no semantic IDs; only TIGER / DIGER runs can be exported")
+    from .artifact import sid_columns
+
     table = table.detach().cpu().long()
-    levels = table.shape[1] - 1
-    columns = ["item_id"] + [f"code_{j + 1}" for j in range(levels)] + ["suffix"]
+    columns = sid_columns(table.shape[1] - 1)
     rows = [[str(rec.item_tokens[i])] + table[i].tolist() for i in range(1, table.shape[0])]
     return columns, rows
 
@@ -280,11 +281,10 @@ def export_semantic_ids(path: Union[str, os.PathLike], out: Union[str, os.PathLi
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out}: folder {out.parent} does not exist")
     if (Path(path) / "artifact.json").is_file():  # a semantic-ID artifact (diger sid build): its table as saved
-        from .artifact import load_artifact
+        from .artifact import load_artifact, sid_columns
 
         art = load_artifact(path)
-        levels = art.sid_table.shape[1] - 1
-        columns = ["item_id"] + [f"code_{j + 1}" for j in range(levels)] + ["suffix"]
+        columns = sid_columns(art.sid_table.shape[1] - 1)
         rows = [[i] + r for i, r in zip(art.item_ids, art.sid_table.tolist())]
     else:
         columns, rows = semantic_id_rows(load_recommender(path, device="cpu"))

@@ -27,23 +27,28 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch on ``n`` intra-op threads inside the block (or decorated function), restoring the caller's count."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def one_thread():
-    """Run torch on one intra-op thread inside the block, restoring the caller's count afterwards.
+    """:func:`torch_threads` ``(1)``: the stage-0 computations run on one thread whatever the caller set.
 
     Why: the fp32 GEMMs of the RQ-VAE backward split their reduction over the batch by thread count
     on some CPUs (measured on an AVX512/AMX Xeon: 1 and 2 threads pre-trained different RQ-VAEs from one
     seed), so semantic IDs depended on ``torch.get_num_threads()``. The tokenizer is small (ML-100K
     pre-training: about 26 s on one thread), so one thread buys thread-independent semantic IDs cheaply.
     """
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return torch_threads(1)
 
 
 class SemanticIDCollisionError(ValueError):
@@ -258,6 +263,7 @@ def build_sid_table(prefix: torch.Tensor, suffix_size: int) -> torch.Tensor:
     return torch.cat([pad, full], dim=0)
 
 
+@one_thread()
 def pretrain_tokenizer(
     tokenizer: RQTokenizer,
     x: torch.Tensor,
@@ -285,15 +291,6 @@ def pretrain_tokenizer(
     Returns:
         ``{"best_epoch", "collision_rate", "loss", "history": [...]}``.
     """
-    with one_thread():
-        return _pretrain_tokenizer(tokenizer, x, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                                   eval_every=eval_every, kmeans=kmeans, kmeans_iters=kmeans_iters, seed=seed,
-                                   sinkhorn=sinkhorn, sk_epsilon=sk_epsilon, sk_iters=sk_iters,
-                                   show_progress=show_progress)
-
-
-def _pretrain_tokenizer(tokenizer, x, *, epochs, lr, weight_decay, batch_size, eval_every, kmeans, kmeans_iters, seed,
-                        sinkhorn, sk_epsilon, sk_iters, show_progress) -> Dict:
     g = torch.Generator().manual_seed(seed)
     if kmeans != "none":
         tokenizer.kmeans_init(x, niter=kmeans_iters, seed=seed, backend=kmeans)
