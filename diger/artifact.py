@@ -75,11 +75,14 @@ def content_hashes(item_ids: Sequence[str], item_emb: np.ndarray, settings: Dict
 
 def save_artifact(folder, *, dataset: str, item_ids: Sequence[str], item_emb: np.ndarray, tokenizer_state: Dict,
                   sid_table: torch.Tensor, settings: Dict, pretrain_info: Optional[Dict] = None,
-                  codebook: Optional[Dict] = None, text: Optional[Dict] = None) -> Path:
+                  codebook: Optional[Dict] = None, text: Optional[Dict] = None,
+                  assigned: Optional[Dict] = None) -> Path:
     """Write an artifact folder atomically (staged, then renamed file by file; an error leaves no partial folder).
 
     Args:
         item_ids: ``N`` raw item ids; ``item_emb`` ``[N, D]``; ``sid_table`` ``[N, L+1]`` (no pad rows).
+        assigned: for an artifact extended by :func:`assign_semantic_ids`, where its base came from and how many
+            items were added (kept in artifact.json under ``assigned``).
 
     Raises:
         ArtifactError: for mismatched lengths or a table holding ``-1`` (an item without a semantic ID).
@@ -102,6 +105,8 @@ def save_artifact(folder, *, dataset: str, item_ids: Sequence[str], item_emb: np
         "pretrain_info": to_plain(pretrain_info or {}), "codebook": to_plain(codebook or {}),
         "sid_table_sha256": _sha(table.numpy().tobytes()),
     }
+    if assigned:
+        meta["assigned"] = to_plain(assigned)
     with StagedOutput(Path(folder)) as stage:
         np.savez(stage / "item_embeddings.npz", item_id=np.array(item_ids), embedding=item_emb.astype(np.float32))
         torch.save({k: v.detach().cpu() for k, v in tokenizer_state.items()}, stage / "tokenizer.pt")
@@ -237,3 +242,181 @@ def build_artifact(out, *, model: str = "TIGER", dataset: str = "ml-100k", confi
     ds = load_dataset(config)
     net = cls(config, ds)  # stage 0 runs in the constructor when no artifact is given
     return net.save_sid_artifact(out)
+
+
+def model_stage0(net) -> Dict:
+    """The :func:`save_artifact` keyword arguments of a TIGER / DIGER model's current stage 0.
+
+    Item embeddings ``[N, D]``, tokenizer state and SID table ``[N, L+1]`` as the model holds them now (a DIGER
+    model loaded from its best checkpoint: the codebooks and table of that epoch), keyed by raw item id.
+    """
+    config = net.config
+    text = {k: (config[k] if k in config else None) for k in ("text_fields", "text_model", "item_emb_file")}
+    text = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in text.items()}
+    return dict(dataset=str(config["dataset"]), item_ids=[str(t) for t in net.dataset_item_tokens[1:]],
+                item_emb=net.item_emb[1:].detach().cpu().numpy(), tokenizer_state=net.tokenizer.state_dict(),
+                sid_table=net.sid_table[1:].detach().cpu(), settings=sid_settings(config),
+                pretrain_info=net.pretrain_info, codebook=net.codebook_statistics(), text=text)
+
+
+def _base_stage0(source) -> Dict:
+    """:func:`save_artifact` kwargs of an artifact folder, or of a TIGER / DIGER run folder / checkpoint."""
+    folder = Path(source)
+    if (folder / "artifact.json").is_file():
+        art = load_artifact(folder)
+        m = art.meta
+        return dict(dataset=m["dataset"], item_ids=list(art.item_ids), item_emb=art.item_emb,
+                    tokenizer_state=art.tokenizer_state, sid_table=art.sid_table, settings=m["settings"],
+                    pretrain_info=m.get("pretrain_info", {}), text=m.get("text", {}),
+                    source={"artifact": str(folder), "key": m["hashes"]["key"]})
+    from .models.tiger import SemanticIDRecommender
+    from .serving import load_recommender
+
+    rec = load_recommender(source, device="cpu")
+    if not isinstance(rec.model, SemanticIDRecommender):
+        raise ValueError(f"{source}: a {rec.config['model']} run has no semantic IDs; give a TIGER / DIGER run "
+                         f"or an artifact folder (diger sid build)")
+    parts = model_stage0(rec.model)
+    parts.pop("codebook")
+    parts["source"] = {"run_checkpoint": rec.checkpoint}
+    return parts
+
+
+def _new_item_vectors(text: Dict, known: set, items_file=None, embeddings_file=None, id_field: str = "item_id",
+                      text_fill: Optional[str] = None, embedding_cache_dir=None):
+    """``(new ids, [m, D] float32, number of known ids skipped)`` from a ``.item`` file or an embeddings ``.npz``."""
+    if (items_file is None) == (embeddings_file is None):
+        raise ValueError("assign: give exactly one of --items NEW.item (item text, embedded with the artifact's "
+                         "text model) or --embeddings NEW.npz (item_id [m], embedding [m, D])")
+    if embeddings_file is not None:
+        path = str(embeddings_file)
+        if not path.endswith(".npz") or not Path(path).is_file():
+            raise ValueError(f"--embeddings {path}: expected an existing .npz with arrays item_id [m] and embedding [m, D]")
+        with np.load(path, allow_pickle=False) as data:
+            if not {"item_id", "embedding"} <= set(data.files):
+                raise ValueError(f"--embeddings {path}: needs arrays item_id and embedding, has {sorted(data.files)}")
+            ids, vecs = [str(i) for i in data["item_id"].tolist()], data["embedding"].astype(np.float32)
+        if vecs.ndim != 2 or len(ids) != vecs.shape[0]:
+            raise ValueError(f"--embeddings {path}: item_id must be [m] and embedding [m, D], got "
+                             f"{len(ids)} ids and {list(vecs.shape)}")
+        seen: Dict[str, int] = {}
+        for row, i in enumerate(ids):
+            if i in seen:
+                raise ValueError(f"--embeddings {path}: item id {i!r} appears twice (rows {seen[i]} and {row})")
+            seen[i] = row
+        keep = [r for r, i in enumerate(ids) if i not in known]
+        return [ids[r] for r in keep], vecs[keep], len(ids) - len(keep)
+    from .text import build_item_texts, embed_texts, read_item_table
+
+    if text.get("item_emb_file"):
+        raise ValueError(f"assign: this artifact's item vectors came from item_emb_file {text['item_emb_file']}, not "
+                         f"from item text; give the new items' vectors with --embeddings NEW.npz")
+    fields = text.get("text_fields")
+    if not fields:
+        raise ValueError("assign: the artifact records no text_fields; give the new items' vectors with --embeddings")
+    table = read_item_table(items_file, id_field, fields)
+    ids = [i for i in table if i not in known]
+    if not ids:
+        return [], np.zeros((0, 0), np.float32), len(table)
+    texts = build_item_texts(["[PAD]", *ids], table, fields, fill=text_fill, source=str(items_file))
+    vecs = embed_texts(texts, model=text.get("text_model"), cache_dir=embedding_cache_dir, show_progress=False)[1:]
+    return ids, vecs, len(table) - len(ids)
+
+
+#: How :func:`assign_semantic_ids` codes new items: ``sinkhorn`` (the table's own rule, DIGER-method.md §4),
+#: ``argmin`` (nearest code per level), ``auto`` (``sinkhorn`` when the source's table was built with it).
+ASSIGN_RULES = ("auto", "sinkhorn", "argmin")
+
+
+def assign_semantic_ids(source, out, *, items_file=None, embeddings_file=None, id_field: str = "item_id",
+                        text_fill: Optional[str] = None, embedding_cache_dir=None, rule: str = "auto") -> Dict:
+    """Give semantic IDs to items ``source`` does not know, with its frozen tokenizer (``diger sid assign``).
+
+    Every existing row (raw id, item embedding, codes, suffix) and the tokenizer state are copied bitwise; the new
+    items follow in input order. A new item's ``L`` codes come from the frozen codebooks by the table's own rule:
+    with ``sinkhorn`` the balanced assignment (``sid_sinkhorn``, ``sk_epsilon``, ``sk_iters`` of the source) is
+    recomputed over the whole catalogue, old and new items, and the new items take theirs (the old items keep
+    their saved rows whatever the recomputation gives them); with ``argmin`` each level takes the nearest code.
+    Its collision suffix is the next free one of its prefix group (one more than the group's largest suffix),
+    so the old suffixes do not move.
+
+    Args:
+        source: an artifact folder (``diger sid build``) or a TIGER / DIGER run folder or checkpoint (its
+            best epoch's tokenizer and table; for DIGER these are the jointly trained codebooks).
+        out: the new artifact folder; it must not exist or be empty (the source is never modified).
+        items_file: a RecBole ``.item`` file with the artifact's ``text_fields``, embedded with its ``text_model``.
+        embeddings_file: or an ``.npz`` of ``item_id [m]`` and ``embedding [m, D]`` (required when the source's
+            vectors came from ``item_emb_file``).
+        id_field: the item-id column of ``items_file``. ``text_fill``: text for new items without any.
+
+    Returns:
+        Summary dict: ``artifact``, ``n_items`` (total), ``new_items``, ``known_items_skipped``,
+        ``new_with_suffix_gt0`` (new items that share a prefix), ``rule``, ``rule_agreement_known`` (share of
+        the source's items to which the rule, applied to the whole catalogue, gives their saved prefix: how
+        faithfully the rule reproduces the table's).
+
+    Raises:
+        ArtifactError: for an unreadable source or an existing ``out``; ValueError: for bad input files (naming
+        file, row or id), a dimension mismatch; SemanticIDCollisionError: when a prefix group is full, naming the
+        new item and the prefix.
+    """
+    from .tokenizer import RQTokenizer, SemanticIDCollisionError, codebook_stats
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArtifactError(f"assign: output {out} exists and is not an empty folder; name a new folder")
+    base = _base_stage0(source)
+    known = set(base["item_ids"])
+    new_ids, vecs, skipped = _new_item_vectors(base["text"], known, items_file, embeddings_file, id_field,
+                                               text_fill, embedding_cache_dir)
+    if not new_ids:
+        raise ValueError(f"assign: every item of {items_file or embeddings_file} already has a semantic ID in "
+                         f"{source}; nothing to assign")
+    dim = base["item_emb"].shape[1]
+    if vecs.shape[1] != dim:
+        raise ValueError(f"assign: the new items' vectors have {vecs.shape[1]} dimensions, the artifact's {dim}")
+    bad = np.where(~np.isfinite(vecs).all(1))[0]
+    if bad.size:
+        raise ValueError(f"assign: item {new_ids[int(bad[0])]!r} has non-finite embedding values")
+    tok = RQTokenizer.from_state_dict(base["tokenizer_state"])
+    old = base["sid_table"].long()
+    levels = old.shape[1] - 1
+    if tok.num_levels != levels:
+        raise ArtifactError(f"assign: tokenizer has {tok.num_levels} levels, SID table {levels}")
+    settings = base["settings"]
+    if rule == "auto":
+        rule = "sinkhorn" if settings.get("sid_sinkhorn", True) and not settings.get("sid_table_file") else "argmin"
+    if rule not in ASSIGN_RULES:
+        raise ValueError(f"assign: rule must be one of {list(ASSIGN_RULES)}, got {rule!r}")
+    n_old = old.shape[0]
+    everything = torch.from_numpy(np.concatenate([base["item_emb"], vecs]).astype(np.float32))
+    sk = {"sk_epsilon": float(settings.get("sk_epsilon") or 0.003), "sk_iters": int(settings.get("sk_iters") or 50)}
+    codes = tok.get_codes(everything, sinkhorn=rule == "sinkhorn", **sk)  # the table's rule over the whole catalogue
+    prefix = codes[n_old:]
+    agreement = float((codes[:n_old] == old[:, :levels]).all(1).float().mean())
+    suffix_size = int(settings.get("suffix_size") or settings.get("code_num") or tok.num_codes[0])
+    next_suffix: Dict[tuple, int] = {}
+    for row in old.tolist():
+        key = tuple(row[:levels])
+        next_suffix[key] = max(next_suffix.get(key, 0), row[levels] + 1)
+    rows = []
+    for item, p in zip(new_ids, prefix.tolist()):
+        s = next_suffix.get(tuple(p), 0)
+        if s >= suffix_size:
+            raise SemanticIDCollisionError(
+                f"assign: item {item!r} gets the prefix {p}, whose collision group is full (all {suffix_size} "
+                f"suffixes of suffix_size in use); existing rows are never renumbered: build a new artifact with a larger "
+                f"suffix_size or codebook")
+        next_suffix[tuple(p)] = s + 1
+        rows.append(p + [s])
+    table = torch.cat([old, torch.as_tensor(rows, dtype=torch.long).view(len(rows), levels + 1)])
+    item_emb = np.concatenate([base["item_emb"].astype(np.float32), vecs.astype(np.float32)])
+    info = {"source": base["source"], "new_items": len(new_ids), "known_items_skipped": skipped,
+            "from_file": str(items_file or embeddings_file), "rule": rule, "rule_agreement_known": agreement}
+    save_artifact(out, dataset=base["dataset"], item_ids=base["item_ids"] + new_ids, item_emb=item_emb,
+                  tokenizer_state=base["tokenizer_state"], sid_table=table, settings=settings,
+                  pretrain_info=base["pretrain_info"], text=base["text"], assigned=info,
+                  codebook=codebook_stats(table, tok.num_codes))
+    return {"artifact": str(out), "n_items": int(table.shape[0]), "new_items": len(new_ids),
+            "known_items_skipped": skipped, "new_with_suffix_gt0": sum(r[-1] > 0 for r in rows),
+            "rule": rule, "rule_agreement_known": round(agreement, 4)}

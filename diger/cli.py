@@ -55,7 +55,8 @@ def _recommend(args) -> int:
         raise ValueError(f"recommend: --topk must be >= 1, got {args.topk}")
     if not users and not histories:
         raise ValueError("recommend: give --user USER_ID or --history ID1,ID2,... (or both)")
-    rec = load_recommender(args.run, device=None if args.device == "run" else args.device)
+    rec = load_recommender(args.run, device=None if args.device == "run" else args.device,
+                           sid_artifact=args.sid_artifact)
     kw = {"exclude_history": args.exclude_history}
     out = []
     if users:
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--skip-unknown", action="store_true", help="drop unknown item ids instead of failing")
     rc.add_argument("--device", default="cpu", help="cpu (default) or the run's own device (`run`)")
     rc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rc.add_argument("--sid-artifact", "--sid_artifact", default=None, metavar="DIR",
+                    help="an artifact from `diger sid assign`: its new items can be recommended too")
     sd = sub.add_parser("sid", help="semantic-ID tables of TIGER / DIGER runs")
     sds = sd.add_subparsers(dest="sid_command", required=True)
     bd = sds.add_parser("build", help="run stage 0 (item embeddings, RQ-VAE, SID table) once and save it",
@@ -125,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run", metavar="RUN_DIR|ARTIFACT", help="a TIGER / DIGER run folder, its .pth checkpoint, "
                     "or an artifact folder from `diger sid build`")
     ex.add_argument("--out", required=True, help="FILE.csv | FILE.jsonl | FILE.parquet (needs pyarrow)")
+    asg = sds.add_parser("assign", help="give semantic IDs to new items with a frozen tokenizer (old rows unchanged)",
+                         description="Writes a new artifact: the source's rows bitwise, then the new items (codes "
+                                     "from the frozen codebooks by the table's own rule, next free collision "
+                                     "suffix). Serve them with `diger recommend RUN_DIR --sid-artifact OUT`.")
+    asg.add_argument("source", metavar="ARTIFACT|RUN_DIR", help="an artifact folder, or a TIGER / DIGER run "
+                     "(its best epoch's tokenizer and table)")
+    asg.add_argument("--items", default=None, metavar="NEW.item",
+                     help="RecBole .item file with the artifact's text fields (embedded with its text model)")
+    asg.add_argument("--embeddings", default=None, metavar="NEW.npz", help="or vectors: item_id [m], embedding [m, D]")
+    asg.add_argument("--id-field", "--id_field", default="item_id", help="item-id column of --items (default item_id)")
+    asg.add_argument("--text-fill", "--text_fill", default=None, help="text for new items that have none")
+    asg.add_argument("--rule", default="auto", choices=["auto", "sinkhorn", "argmin"],
+                     help="codes of new items: the table's own rule (auto: sinkhorn when it was built so), "
+                          "or the nearest code per level")
+    asg.add_argument("--out", required=True, help="the new artifact folder (must not exist or be empty)")
     pl = sub.add_parser("plot", help="draw codebook-usage figures of a run directory")
     pl.add_argument("run_dir")
     return p
@@ -164,6 +182,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .data import cli as data_cli
 
             return data_cli.run(args)
+        if args.command == "sid" and args.sid_command == "assign":
+            from .artifact import assign_semantic_ids
+
+            print(json.dumps(assign_semantic_ids(args.source, args.out, items_file=args.items,
+                                                 embeddings_file=args.embeddings, id_field=args.id_field,
+                                                 text_fill=args.text_fill, rule=args.rule), indent=2))
+            return 0
         if args.command == "sid":  # export
             from .serving import export_semantic_ids
 

@@ -129,6 +129,60 @@ class Recommender:
             self._histories = {int(g[0]): it for g, it in zip(np.split(users, cuts), np.split(items, cuts))}
         return self._histories.get(self.user_index[key], np.zeros(0, dtype=np.int64))
 
+    def add_items(self, artifact) -> int:
+        """Make items that a semantic-ID artifact has and this run lacks recommendable (``diger sid assign``).
+
+        The artifact must hold every item of the run with the run's own semantic ID (an artifact assigned from
+        this run, or from the artifact this TIGER run trained on); its extra items get internal ids after the
+        run's, their SID rows join the model's table and constrained beam search can generate them. They may
+        also appear in histories. Known users' histories are unchanged.
+
+        Args:
+            artifact: a folder or :class:`diger.artifact.SemanticIDArtifact`.
+
+        Returns:
+            The number of items added.
+
+        Raises:
+            ValueError: for a model without semantic IDs; ArtifactError: when the artifact lacks an item of the
+            run or gives it another semantic ID (naming it).
+        """
+        from .artifact import ArtifactError, SemanticIDArtifact, load_artifact
+
+        net = self.model
+        if getattr(net, "sid_table", None) is None:
+            raise ValueError(f"{self.config['model']} has no semantic IDs: it cannot score items it was not trained "
+                             f"on; new items need a TIGER / DIGER run")
+        art = artifact if isinstance(artifact, SemanticIDArtifact) else load_artifact(artifact)
+        table = net.sid_table.detach().cpu()
+        if art.sid_table.shape[1] != table.shape[1]:
+            raise ArtifactError(f"sid_artifact {art.folder}: {art.sid_table.shape[1]} code positions, this run "
+                                f"{table.shape[1]}")
+        row_of = {i: r for r, i in enumerate(art.item_ids)}
+        for internal, item in enumerate(self.item_ids, 1):
+            r = row_of.get(item)
+            if r is None or not torch.equal(art.sid_table[r], table[internal]):
+                what = "lacks item" if r is None else "gives another semantic ID to item"
+                raise ArtifactError(f"sid_artifact {art.folder} {what} {item!r} of this run; assign new items "
+                                    f"from this run (diger sid assign RUN_DIR ...) or from the artifact it trained on")
+        new = [r for r, i in enumerate(art.item_ids) if i not in self.item_index]
+        if not new:
+            return 0
+        rows = torch.as_tensor(new, dtype=torch.long)
+        if art.item_emb.shape[1] != net.item_emb.shape[1]:
+            raise ArtifactError(f"sid_artifact {art.folder}: {art.item_emb.shape[1]}-d item vectors, this run "
+                                f"{net.item_emb.shape[1]}-d")
+        dev = net.sid_table.device
+        net.sid_table = torch.cat([net.sid_table, art.sid_table[rows].to(dev)])
+        net.item_emb = torch.cat([net.item_emb, torch.from_numpy(art.item_emb)[rows].to(net.item_emb)])
+        net.n_items = int(net.sid_table.shape[0])
+        net._table_version += 1  # the trie (and DIGER's latent cache) follow the table
+        start = len(self.item_tokens)
+        ids = [art.item_ids[r] for r in new]
+        self.item_tokens = np.concatenate([self.item_tokens.astype(object), np.array(ids, dtype=object)])
+        self.item_index.update({i: start + n for n, i in enumerate(ids)})
+        return len(ids)
+
     # ----- ranking ---------------------------------------------------------------------------------
     @torch.no_grad()
     def _rank(self, rows: List[List[int]], users: Optional[List[int]], k: int, exclude_history: bool,
@@ -209,13 +263,15 @@ class Recommender:
 
 
 def load_recommender(path: Union[str, os.PathLike], *, device: Optional[str] = None,
-                     overrides: Optional[Dict] = None) -> Recommender:
+                     overrides: Optional[Dict] = None, sid_artifact=None) -> Recommender:
     """A :class:`Recommender` from a run folder or checkpoint written by ``diger run``.
 
     Args:
         path: the run folder (its best checkpoint is used, see :func:`resolve_checkpoint`) or a ``.pth`` file.
         device: ``"cpu"`` to serve a GPU-trained run on the CPU; ``None`` keeps the run's device.
         overrides: config keys to change (e.g. ``{"num_beams": 50}``); the split keys must stay those of the run.
+        sid_artifact: an artifact extended by ``diger sid assign``: its new items become recommendable
+            (:meth:`Recommender.add_items`).
 
     Raises:
         FileNotFoundError, CheckpointError: for a missing folder, checkpoint or dataset.
@@ -232,6 +288,8 @@ def load_recommender(path: Union[str, os.PathLike], *, device: Optional[str] = N
     net.load_other_parameter(ckpt.get("other_parameter"))
     rec = Recommender(net, ds, config)  # the whole dataset: every user's full history
     rec.checkpoint = ckpt_file
+    if sid_artifact is not None:
+        rec.add_items(sid_artifact)
     return rec
 
 

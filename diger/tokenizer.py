@@ -194,6 +194,31 @@ class RQTokenizer(nn.Module):
     def num_levels(self) -> int:
         return len(self.quantizers)
 
+    @classmethod
+    def from_state_dict(cls, state: Dict[str, torch.Tensor], beta: float = 0.25) -> "RQTokenizer":
+        """A tokenizer whose shapes are read off a saved ``state_dict`` (the artifact's ``tokenizer.pt``), loaded.
+
+        ``kind`` is ``rqvae`` when the state holds encoder weights, else ``rqkmeans``; hidden sizes come from
+        ``encoder.<2i>.weight``, codebook sizes and ``e_dim`` from ``quantizers.<l>.embedding.weight``.
+
+        Raises:
+            ValueError: for a state without codebooks.
+        """
+        books = sorted((int(k.split(".")[1]), v) for k, v in state.items()
+                       if k.startswith("quantizers.") and k.endswith(".embedding.weight"))
+        if not books:
+            raise ValueError(f"tokenizer state has no codebooks (quantizers.<l>.embedding.weight); keys: {sorted(state)[:6]}")
+        num_codes = [int(v.shape[0]) for _, v in books]
+        e_dim = int(books[0][1].shape[1])
+        enc = sorted((int(k.split(".")[1]), v) for k, v in state.items()
+                     if k.startswith("encoder.") and k.endswith(".weight"))
+        if enc:
+            tok = cls(int(enc[0][1].shape[1]), [int(v.shape[0]) for _, v in enc[:-1]], e_dim, num_codes, beta)
+        else:
+            tok = cls(e_dim, [], e_dim, num_codes, beta, kind="rqkmeans")
+        tok.load_state_dict(state)
+        return tok.eval()
+
     def quantize(self, z: torch.Tensor, *, mode: str = "ste", tau: float = 2.0,
                  decay: Optional[UncertaintyDecay] = None,
                  generator: Optional[torch.Generator] = None, **assign_kw) -> Tuple[List[LevelOut], torch.Tensor]:

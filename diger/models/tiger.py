@@ -21,7 +21,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from .. import distributed as ddist
-from ..artifact import ArtifactError, cache_folder, content_hashes, load_artifact, save_artifact, sid_settings
+from ..artifact import (ArtifactError, cache_folder, content_hashes, load_artifact, model_stage0, save_artifact,
+                        sid_settings)
 from ..text import item_text_embeddings
 from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats, pretrain_tokenizer
 from .genrec import BACKBONES, GenRec
@@ -168,13 +169,7 @@ class SemanticIDRecommender(SequentialRecommender):
 
     def save_sid_artifact(self, folder) -> Path:
         """Write this model's stage 0 (item embeddings, tokenizer, SID table) as an artifact (:mod:`diger.artifact`)."""
-        config = self.config
-        text = {k: (config[k] if k in config else None) for k in ("text_fields", "text_model", "item_emb_file")}
-        text = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in text.items()}
-        return save_artifact(folder, dataset=str(config["dataset"]), item_ids=[str(t) for t in self.dataset_item_tokens[1:]],
-                             item_emb=self.item_emb[1:].cpu().numpy(), tokenizer_state=self.tokenizer.state_dict(),
-                             sid_table=self.sid_table[1:], settings=sid_settings(config),
-                             pretrain_info=self.pretrain_info, codebook=self.codebook_statistics(), text=text)
+        return save_artifact(folder, **model_stage0(self))
 
     def _init_tokenizer_local(self, config) -> None:
         x = self.item_emb[1:]
