@@ -128,10 +128,17 @@ class SemanticIDArtifact:
         self.folder, self.meta, self.item_ids = folder, meta, item_ids
         self.item_emb, self.sid_table, self.tokenizer_state = item_emb, sid_table, tokenizer_state
 
+    @property
+    def published(self) -> bool:
+        """Published semantic IDs (LETTER's ``*.index.json`` through ``sid_table_file``): a table, no tokenizer."""
+        return not self.tokenizer_state
+
     def check_fits(self, config) -> None:
-        """Raise :class:`ArtifactError` naming every :data:`SHAPE_KEYS` setting where run and artifact disagree."""
+        """Raise :class:`ArtifactError` naming every :data:`SHAPE_KEYS` setting where run and artifact disagree
+        (for a :attr:`published` table only ``code_levels``, ``code_num`` and ``suffix_size``)."""
         mine = sid_settings(config)
-        bad = [f"{k}: run {mine[k]!r}, artifact {self.meta['settings'].get(k)!r}" for k in SHAPE_KEYS
+        keys = ("code_levels", "code_num", "suffix_size") if self.published else SHAPE_KEYS
+        bad = [f"{k}: run {mine[k]!r}, artifact {self.meta['settings'].get(k)!r}" for k in keys
                if mine[k] is not None and self.meta["settings"].get(k) is not None and mine[k] != self.meta["settings"][k]]
         if bad:
             raise ArtifactError(f"sid_artifact {self.folder} was built with other model shapes ({'; '.join(bad)}); "
@@ -253,6 +260,14 @@ def model_stage0(net) -> Dict:
     config = net.config
     text = {k: (config[k] if k in config else None) for k in ("text_fields", "text_model", "item_emb_file")}
     text = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in text.items()}
+    published = bool(config["sid_table_file"]) if "sid_table_file" in config else False
+    if published:  # a published table: no tokenizer and no item vectors belong to it
+        return dict(dataset=str(config["dataset"]), item_ids=[str(t) for t in net.dataset_item_tokens[1:]],
+                    item_emb=net.item_emb[1:].detach().cpu().numpy(), tokenizer_state={},
+                    sid_table=net.sid_table[1:].detach().cpu(), settings=sid_settings(config),
+                    pretrain_info={**net.pretrain_info, "sid_table_file_sha256":
+                                   _sha(Path(config["sid_table_file"]).read_bytes())},
+                    codebook=net.codebook_statistics(), text=text)
     return dict(dataset=str(config["dataset"]), item_ids=[str(t) for t in net.dataset_item_tokens[1:]],
                 item_emb=net.item_emb[1:].detach().cpu().numpy(), tokenizer_state=net.tokenizer.state_dict(),
                 sid_table=net.sid_table[1:].detach().cpu(), settings=sid_settings(config),
@@ -366,6 +381,10 @@ def assign_semantic_ids(source, out, *, items_file=None, embeddings_file=None, i
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArtifactError(f"assign: output {out} exists and is not an empty folder; name a new folder")
     base = _base_stage0(source)
+    if not base["tokenizer_state"]:
+        raise ArtifactError(f"assign: {source} holds published semantic IDs ({base['settings'].get('sid_table_file')}) "
+                            f"without the tokenizer that made them, so new items cannot be coded; build an artifact "
+                            f"with our tokenizer (diger sid build without sid_table_file)")
     known = set(base["item_ids"])
     new_ids, vecs, skipped = _new_item_vectors(base["text"], known, items_file, embeddings_file, id_field,
                                                text_fill, embedding_cache_dir)

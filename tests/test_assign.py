@@ -148,3 +148,35 @@ def load_artifact_table(folder):
     from diger.artifact import load_artifact
 
     return load_artifact(folder).sid_table
+
+
+def test_published_letter_ids_become_an_artifact(toy_root):
+    """LETTER's *.index.json as an artifact: the published table (+ our collision suffix), no tokenizer."""
+    from diger.artifact import ArtifactError, assign_semantic_ids, build_artifact, load_artifact
+    from diger.quick_start import run
+    from genrec_fixtures import N_ITEMS
+
+    index = {f"i{i}": [f"<a_{i % 3}>", f"<b_{(i // 3) % 2}>"] for i in range(N_ITEMS)}
+    path = toy_root / "toy.index.json"
+    path.write_text(json.dumps(index))
+    cfg = small_config(toy_root, sid_table_file=str(path), item_emb_file=None, text_fields=["nope"], code_num=3)
+    out = build_artifact(toy_root / "letter", model="TIGER", dataset="toy", config_dict=cfg)
+    art = load_artifact(out)
+    assert art.published and art.item_emb.shape == (N_ITEMS, 1)
+    for item, row in zip(art.item_ids, art.sid_table.tolist()):
+        raw = int(item[1:])
+        assert row[:2] == [raw % 3, (raw // 3) % 2]
+    assert len({tuple(r) for r in art.sid_table.tolist()}) == N_ITEMS  # the suffix separates shared IDs
+    assert len(art.meta["pretrain_info"]["sid_table_file_sha256"]) == 64
+    # training on the artifact equals training on the index file
+    direct = run("TIGER", "toy", None, {**cfg, "output_dir": str(toy_root / "r1"), "checkpoint_dir": str(toy_root / "r1")})
+    via = run("TIGER", "toy", None, small_config(toy_root, sid_artifact=str(out), code_num=3, text_fields=["nope"],
+                                                 item_emb_file=None, output_dir=str(toy_root / "r2"),
+                                                 checkpoint_dir=str(toy_root / "r2")))
+    assert via["test_result"] == direct["test_result"]
+    with pytest.raises(ValueError, match="published semantic IDs .* DIGER learns its own codebooks"):
+        run("DIGER", "toy", None, small_config(toy_root, sid_artifact=str(out), code_num=3,
+                                               output_dir=str(toy_root / "r3"), checkpoint_dir=str(toy_root / "r3")))
+    np.savez(toy_root / "n.npz", item_id=np.array(["x"]), embedding=np.zeros((1, 1), np.float32))
+    with pytest.raises(ArtifactError, match="without the tokenizer that made them"):
+        assign_semantic_ids(out, toy_root / "o", embeddings_file=toy_root / "n.npz")

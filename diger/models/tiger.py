@@ -174,7 +174,12 @@ class SemanticIDRecommender(SequentialRecommender):
     def _init_tokenizer_local(self, config) -> None:
         x = self.item_emb[1:]
         if self._artifact is not None:
-            self.tokenizer.load_state_dict(self._artifact.tokenizer_state)
+            if self._artifact.published:
+                if self.joint_training:
+                    raise ValueError(f"sid_artifact {self._artifact.folder} holds published semantic IDs (no "
+                                     f"tokenizer); they are for TIGER, DIGER learns its own codebooks")
+            else:
+                self.tokenizer.load_state_dict(self._artifact.tokenizer_state)
             self.sid_table.copy_(self._artifact_table)
             self._table_version += 1
             self.pretrain_info = {"sid_artifact": str(self._artifact.folder), **self._artifact.meta["pretrain_info"]}
