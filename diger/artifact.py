@@ -16,6 +16,7 @@ when the item ids, item embeddings and settings hash to the same key (logged eit
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -133,6 +134,18 @@ class SemanticIDArtifact:
         """Published semantic IDs (LETTER's ``*.index.json`` through ``sid_table_file``): a table, no tokenizer."""
         return not self.tokenizer_state
 
+    def save(self, folder) -> Path:
+        """Write this artifact to ``folder`` (:func:`save_artifact`); returns the folder."""
+        from .tokenizer import codebook_stats
+
+        m = self.meta
+        levels = self.sid_table.shape[1] - 1
+        k = int(m["settings"].get("code_num") or int(self.sid_table[:, :levels].max()) + 1)
+        return save_artifact(folder, dataset=m["dataset"], item_ids=self.item_ids, item_emb=self.item_emb,
+                             tokenizer_state=self.tokenizer_state, sid_table=self.sid_table, settings=m["settings"],
+                             pretrain_info=m.get("pretrain_info"), text=m.get("text"), assigned=m.get("assigned"),
+                             codebook=codebook_stats(self.sid_table, [k] * levels))
+
     def check_fits(self, config) -> None:
         """Raise :class:`ArtifactError` naming every :data:`SHAPE_KEYS` setting where run and artifact disagree
         (for a :attr:`published` table only ``code_levels``, ``code_num`` and ``suffix_size``)."""
@@ -247,8 +260,11 @@ def build_artifact(out, *, model: str = "TIGER", dataset: str = "ml-100k", confi
 
     init_seed(config["seed"], config["reproducibility"])
     ds = load_dataset(config)
-    net = cls(config, ds)  # stage 0 runs in the constructor when no artifact is given
-    return net.save_sid_artifact(out)
+    art = resolve_stage0(config, ds)  # what the model's constructor would load; no model is built
+    if art.published and cls.joint_training:
+        raise ValueError("published semantic IDs (sid_table_file, no tokenizer) are for TIGER; DIGER learns its "
+                         "own codebooks: build the artifact with --model TIGER")
+    return art.save(out)
 
 
 def model_stage0(net) -> Dict:
@@ -439,3 +455,163 @@ def assign_semantic_ids(source, out, *, items_file=None, embeddings_file=None, i
     return {"artifact": str(out), "n_items": int(table.shape[0]), "new_items": len(new_ids),
             "known_items_skipped": skipped, "new_with_suffix_gt0": sum(r[-1] > 0 for r in rows),
             "rule": rule, "rule_agreement_known": round(agreement, 4)}
+
+
+# ----- stage 0, outside the model: dataset -> item embeddings -> tokenizer -> SID table ---------------------------
+_PROVIDED: Optional[SemanticIDArtifact] = None
+
+
+@contextlib.contextmanager
+def provide_stage0(artifact: SemanticIDArtifact):
+    """Inside the block, TIGER / DIGER constructors load ``artifact`` instead of resolving stage 0 themselves.
+
+    ``diger run`` resolves stage 0 (:func:`resolve_stage0`) before building the model, and resume / evaluate
+    rebuild it from the checkpoint (:func:`stage0_from_state_dict`); a model built by RecBole directly
+    (``TIGER(config, dataset)``) resolves it in its constructor.
+    """
+    global _PROVIDED
+    before, _PROVIDED = _PROVIDED, artifact
+    try:
+        yield artifact
+    finally:
+        _PROVIDED = before
+
+
+def _in_memory(name: str, config, item_ids: List[str], item_emb: np.ndarray, table: torch.Tensor,
+               tokenizer_state: Dict, pretrain_info: Dict) -> SemanticIDArtifact:
+    text = {k: (config[k] if k in config else None) for k in ("text_fields", "text_model", "item_emb_file")}
+    text = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in text.items()}
+    meta = {"format": FORMAT, "dataset": str(config["dataset"]), "settings": sid_settings(config),
+            "pretrain_info": pretrain_info, "text": text}
+    return SemanticIDArtifact(name, meta, item_ids, np.ascontiguousarray(item_emb, dtype=np.float32), table,
+                              tokenizer_state)
+
+
+def stage0_from_state_dict(state: Dict[str, torch.Tensor], config, item_tokens: Sequence[str],
+                           source: str) -> SemanticIDArtifact:
+    """Stage 0 of a saved TIGER / DIGER model (``item_emb``, ``tokenizer.*``, ``sid_table`` of a checkpoint), in memory.
+
+    Used by resume, ``diger evaluate`` and serving: the model is rebuilt with the shapes it was saved with and
+    nothing is recomputed (the weights loaded afterwards replace these tensors anyway).
+    """
+    published = bool(config["sid_table_file"]) if "sid_table_file" in config else False
+    tok = {} if published else {k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")}
+    return _in_memory(f"<stage 0 of {source}>", config, [str(t) for t in item_tokens[1:]],
+                      state["item_emb"][1:].cpu().numpy(), state["sid_table"][1:].cpu().long(), tok,
+                      {"restored_from": str(source)})
+
+
+def _published_stage0(config, item_tokens: Sequence[str]) -> SemanticIDArtifact:
+    """LETTER's ``*.index.json`` (``sid_table_file``) plus our collision suffix; 1-d zero item vectors, no tokenizer.
+
+    Raises:
+        ValueError: when the file's number of levels or code range disagrees with ``code_levels`` / ``code_num``.
+    """
+    from .data.semantic_ids import load_letter_index
+    from .tokenizer import add_collision_suffix
+
+    path = config["sid_table_file"]
+    prefix = load_letter_index(path, list(item_tokens))[1:]
+    levels, k = int(config["code_levels"]), int(config["code_num"])
+    if prefix.shape[1] != levels or int(prefix.max()) >= k or int(prefix.min()) < 0:
+        raise ValueError(f"{path}: {prefix.shape[1]} levels with codes up to {int(prefix.max())}; "
+                         f"set code_levels: {prefix.shape[1]} and code_num > {int(prefix.max())}")
+    table = add_collision_suffix(prefix, int(config["suffix_size"] or k))
+    n = table.shape[0]
+    return _in_memory("<published semantic IDs>", config, [str(t) for t in item_tokens[1:]], np.zeros((n, 1)), table,
+                      {}, {"sid_table_file": str(path), "sid_table_file_sha256": _sha(Path(path).read_bytes())})
+
+
+def _trained_stage0(config, item_tokens: Sequence[str], emb: np.ndarray) -> SemanticIDArtifact:
+    """Tokenizer (pre-trained RQ-VAE, RQ-KMeans or ``rqvae_path``) and Sinkhorn SID table of ``emb [N+1, D]``.
+
+    The tokenizer's initial weights are drawn from torch's global generator and the generator is then restored,
+    so the model built afterwards draws exactly what it drew when stage 0 ran inside its constructor.
+    """
+    from .tokenizer import RQTokenizer, add_collision_suffix, pretrain_tokenizer
+
+    x = torch.from_numpy(np.ascontiguousarray(emb[1:], dtype=np.float32))
+    levels, k = int(config["code_levels"]), int(config["code_num"])
+    seed, kmeans = int(config["seed"]), str(config["kmeans_init"])
+    sk = {"sinkhorn": bool(config["sid_sinkhorn"]), "sk_epsilon": float(config["sk_epsilon"]),
+          "sk_iters": int(config["sk_iters"])}
+    with torch.random.fork_rng(devices=[]):
+        tok = RQTokenizer(x.shape[1], list(config["encoder_layers"]), int(config["e_dim"]), [k] * levels,
+                          float(config["vq_beta"]), kind=str(config["tokenizer"]))
+    path = config["rqvae_path"] if "rqvae_path" in config else None
+    if path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        tok.load_state_dict(state.get("tokenizer", state))
+        info: Dict = {"loaded_from": str(path)}
+    elif tok.kind == "rqkmeans":  # the codebooks are the residual k-means centroids; nothing is trained
+        tok.kmeans_init(x, niter=int(config["kmeans_iters"]), seed=seed, backend=kmeans)
+        info = {"tokenizer": "rqkmeans"}
+    else:
+        info = pretrain_tokenizer(
+            tok, x, epochs=int(config["rqvae_epochs"]), lr=float(config["rqvae_lr"]),
+            weight_decay=float(config["rqvae_weight_decay"]), batch_size=int(config["rqvae_batch_size"]),
+            eval_every=int(config["rqvae_eval_every"]), kmeans=kmeans, kmeans_iters=int(config["kmeans_iters"]),
+            seed=seed, show_progress=bool(config["show_progress"]), **sk)
+    table = add_collision_suffix(tok.get_codes(x, **sk), int(config["suffix_size"] or k))
+    return _in_memory("<stage 0 of this run>", config, [str(t) for t in item_tokens[1:]], emb[1:], table,
+                      tok.state_dict(), info)
+
+
+def _resolve_local(config, dataset) -> SemanticIDArtifact:
+    from .text import item_text_embeddings
+
+    tokens = list(dataset.field2id_token[config["ITEM_ID_FIELD"]])
+    where = config["sid_artifact"] if "sid_artifact" in config else None
+    if where is not None and str(where) != "auto":
+        art = load_artifact(where)
+        art.check_fits(config)
+        art.aligned(tokens)  # every item of the dataset must be in it: refused by name now, not later
+        art.meta["pretrain_info"] = {"sid_artifact": str(art.folder), **art.meta.get("pretrain_info", {})}
+        return art
+    if "sid_table_file" in config and config["sid_table_file"]:
+        return _published_stage0(config, tokens)
+    emb = item_text_embeddings(config, dataset)
+    if where is None:
+        return _trained_stage0(config, tokens, emb)
+    # auto: the cache folder is named by the hash of the stage-0 inputs
+    key = content_hashes([str(t) for t in tokens[1:]], emb[1:], sid_settings(config))["key"]
+    folder = cache_folder(key)
+    if (folder / "artifact.json").is_file():
+        try:
+            art = load_artifact(folder)
+            art.check_fits(config)
+            art.aligned(tokens)
+            logger.info("sid_artifact auto: reusing %s (same item ids, embeddings and settings)", folder)
+            art.meta["pretrain_info"] = {"sid_artifact": str(folder), **art.meta.get("pretrain_info", {})}
+            return art
+        except ArtifactError as exc:
+            logger.warning("sid_artifact auto: %s; pre-training again and replacing it", exc)
+    logger.info("sid_artifact auto: no artifact for key %s yet; pre-training and saving it to %s", key[:12], folder)
+    art = _trained_stage0(config, tokens, emb)
+    art.save(folder)
+    art.meta["pretrain_info"] = {**art.meta["pretrain_info"], "sid_artifact": str(folder)}
+    return art
+
+
+def resolve_stage0(config, dataset) -> SemanticIDArtifact:
+    """Stage 0 of a TIGER / DIGER run: the provided artifact, else ``sid_artifact`` (a folder, or ``auto``: the
+    cache), else published IDs (``sid_table_file``), else item embeddings -> tokenizer -> SID table, computed now.
+
+    Under multi-process training rank 0 resolves it (embedding, pre-training, cache I/O) and the other ranks
+    receive it, so every rank starts from identical codebooks and table.
+
+    Raises:
+        ArtifactError: for an artifact that is missing, corrupted or does not fit; the errors of item embedding
+        (:func:`diger.text.item_text_embeddings`) and of published-ID files.
+    """
+    from . import distributed as ddist
+
+    if _PROVIDED is not None:
+        return _PROVIDED
+    if not ddist.is_distributed():
+        return _resolve_local(config, dataset)
+    art = _resolve_local(config, dataset) if ddist.is_main() else None
+    parts = ddist.broadcast_object(None if art is None else
+                                   (str(art.folder), art.meta, art.item_ids, art.item_emb, art.sid_table,
+                                    art.tokenizer_state))
+    return art if art is not None else SemanticIDArtifact(*parts)

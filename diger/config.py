@@ -107,7 +107,7 @@ class DigerConfig(Config):
 # Keys this package's runner, text pipeline and models read that no default YAML carries.
 RUNNER_KEYS = frozenset({
     "output_dir", "dist_backend", "text_fields", "text_fill", "text_model", "text_missing_reason",
-    "item_emb_file", "item_emb_dim", "embedding_cache_dir", "restore_from_checkpoint", "sid_table_file",
+    "item_emb_file", "embedding_cache_dir", "sid_table_file",
     "eval_score_chunk_mb", "torch_num_threads", "sid_artifact",
 })
 

@@ -266,9 +266,7 @@ def resume(run_dir: str) -> Dict:
         cfg.update(output_dir=here, checkpoint_dir=here)
         meta["checkpoint_dir"] = here
     last = os.path.join(meta["checkpoint_dir"], SafeCheckpointTrainer.LAST)
-    ckpt = load_checkpoint(last)
-    if ckpt["config"].get("item_emb_dim"):
-        cfg.update({"restore_from_checkpoint": True, "item_emb_dim": ckpt["config"]["item_emb_dim"]})
+    load_checkpoint(last)  # a missing or truncated last.pth fails here, before any work
     config = make_config(meta["model"], meta["dataset"], None, cfg)
     nproc, world = process_counts(config)
     if world > 1:  # a multi-process run continues with the same processes (each rank's RNG streams restored)
@@ -327,6 +325,26 @@ def order_by_exact_time(ds, config) -> None:
     ds.inter_feat = frame.sort_values(time_field, kind="stable").reset_index(drop=True)
 
 
+def _build_model(model_class, config, dataset, checkpoint_file: Optional[str] = None):
+    """The model, with stage 0 resolved before its constructor runs (data flows dataset -> SIDs -> model).
+
+    A TIGER / DIGER model restored from ``checkpoint_file`` takes its item embeddings, tokenizer and SID table
+    from the checkpoint (nothing is recomputed); a new one from :func:`diger.artifact.resolve_stage0`.
+    """
+    from .artifact import provide_stage0, resolve_stage0, stage0_from_state_dict
+    from .models.tiger import SemanticIDRecommender
+
+    if not (isinstance(model_class, type) and issubclass(model_class, SemanticIDRecommender)):
+        return model_class(config, dataset)
+    if checkpoint_file:
+        tokens = dataset.field2id_token[config["ITEM_ID_FIELD"]]
+        art = stage0_from_state_dict(load_checkpoint(checkpoint_file)["state_dict"], config, tokens, checkpoint_file)
+    else:
+        art = resolve_stage0(config, dataset)
+    with provide_stage0(art):
+        return model_class(config, dataset)
+
+
 def _execute(config, model_class, out_dir: Path, saved: bool, start: float, resume_file: Optional[str] = None) -> Dict:
     threads = config["torch_num_threads"] if "torch_num_threads" in config else None
     # intra-op threads of this run only; the caller's count comes back
@@ -343,7 +361,7 @@ def _execute_run(config, model_class, out_dir: Path, saved: bool, start: float, 
     log.info(ds)
     train_data, valid_data, test_data = data_preparation(config, ds)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = model_class(config, train_data._dataset).to(config["device"])
+    net = _build_model(model_class, config, train_data._dataset, resume_file).to(config["device"])
     log.info(net)
     trainer = trainer_class(model_class)(config, net)
     global current_run_dir
@@ -402,8 +420,8 @@ def _execute_run(config, model_class, out_dir: Path, saved: bool, start: float, 
 def rebuild_from_checkpoint(path: str, overrides: Optional[Dict] = None):
     """Config, dataset, splits and model of the run saved in checkpoint ``path`` (weights not yet loaded).
 
-    The dataset is re-read and split with the saved config and seed; semantic-ID models skip stage 0
-    (``restore_from_checkpoint``): their SID table and item embeddings come with the weights.
+    The dataset is re-read and split with the saved config and seed; semantic-ID models skip stage 0: their
+    item embeddings, tokenizer and SID table come from the checkpoint (:func:`_build_model`).
 
     Returns:
         ``(ckpt, config, dataset, (train_data, valid_data, test_data), model)``.
@@ -414,8 +432,7 @@ def rebuild_from_checkpoint(path: str, overrides: Optional[Dict] = None):
     ckpt = load_checkpoint(path)
     run_config = dict(ckpt.get("run_config") or {})
     saved_cfg = ckpt.get("config") or {}
-    run_config.update({"restore_from_checkpoint": True, "item_emb_dim": saved_cfg.get("item_emb_dim"),
-                       "checkpoint_dir": os.path.dirname(os.path.abspath(path))})
+    run_config.update({"checkpoint_dir": os.path.dirname(os.path.abspath(path))})
     if saved_cfg.get("data_path") and ckpt["dataset"] != "ml-100k":
         run_config["data_path"] = os.path.dirname(saved_cfg["data_path"].rstrip("/"))
     run_config.update(overrides or {})
@@ -424,7 +441,7 @@ def rebuild_from_checkpoint(path: str, overrides: Optional[Dict] = None):
     init_logger(config)
     ds = load_dataset(config)
     splits = data_preparation(config, ds)
-    net = resolve_model(ckpt["model"])(config, splits[0]._dataset).to(config["device"])
+    net = _build_model(resolve_model(ckpt["model"]), config, splits[0]._dataset, path).to(config["device"])
     return ckpt, config, ds, splits, net
 
 

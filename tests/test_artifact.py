@@ -18,7 +18,7 @@ def _run(root, name, model="TIGER", **extra):
 
 
 def test_auto_artifact_is_built_once_and_reused(toy_root, monkeypatch):
-    import diger.models.tiger as tiger
+    import diger.tokenizer as tokenizer
 
     plain = _run(toy_root, "plain")
     first = _run(toy_root, "auto1", sid_artifact="auto")
@@ -30,7 +30,7 @@ def test_auto_artifact_is_built_once_and_reused(toy_root, monkeypatch):
         raise AssertionError("pre-trained although the artifact matches")
 
     with monkeypatch.context() as m:
-        m.setattr(tiger, "pretrain_tokenizer", no_pretraining)
+        m.setattr(tokenizer, "pretrain_tokenizer", no_pretraining)
         again = _run(toy_root, "auto2", sid_artifact="auto")
         # DIGER reuses it too (same stage-0 settings) and trains its codebooks from there
         diger_run = _run(toy_root, "auto3", model="DIGER", sid_artifact="auto")

@@ -175,13 +175,19 @@ def test_unknown_backbone_is_refused_before_tokenizer_pretraining(toy_root, monk
     def _no_pretraining(*a, **k):
         raise AssertionError("pre-training started before the backbone was checked")
 
-    monkeypatch.setattr(tiger.SemanticIDRecommender, "_init_tokenizer", _no_pretraining)
+    import diger.artifact
+
+    monkeypatch.setattr(diger.artifact, "resolve_stage0", _no_pretraining)
+    monkeypatch.setattr(tiger, "resolve_stage0", _no_pretraining)
     from recbole.data import create_dataset, data_preparation
 
     from diger.quick_start import make_config, resolve_model
     from genrec_fixtures import small_config
 
-    cfg = make_config("TIGER", "toy", None, small_config(toy_root, backbone="t5x"))
+    with pytest.raises(ValueError, match="backbone must be one of"):  # diger run's path: at config time
+        make_config("TIGER", "toy", None, small_config(toy_root, backbone="t5x"))
+    cfg = make_config("TIGER", "toy", None, small_config(toy_root))
+    cfg["backbone"] = "t5x"  # a model built by RecBole directly checks in its constructor, before stage 0
     train, _, _ = data_preparation(cfg, create_dataset(cfg))
     with pytest.raises(ValueError, match="backbone must be one of"):
         resolve_model("TIGER")(cfg, train._dataset)

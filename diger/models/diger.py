@@ -38,21 +38,28 @@ class DIGER(SemanticIDRecommender):
 
     config_chain = ("TIGER", "DIGER")
 
-    def __init__(self, config, dataset):
-        # Validate DIGER's own keys before the (slow) tokenizer pre-training in the base class.
+    @classmethod
+    def check_config(cls, config) -> None:
+        """:meth:`SemanticIDRecommender.check_config` plus DIGER's keys (``gradient_path``, ``assign_mode``,
+        ``gumbel_tau``, the decay's ranges, ``noise_mult``)."""
+        super().check_config(config)
         gradient_path = str(_cfg(config, "gradient_path", "true_e2e"))
         if gradient_path not in GRADIENT_PATHS:
             raise ValueError(f"gradient_path must be one of {list(GRADIENT_PATHS)}, got {gradient_path!r}")
         assign_mode = str(_cfg(config, "assign_mode", "frqud"))
         if assign_mode not in ASSIGN_MODES:
             raise ValueError(f"assign_mode must be one of {list(ASSIGN_MODES)}, got {assign_mode!r}")
-        tau = float(_cfg(config, "gumbel_tau", 2.0))
-        if not tau > 0:
-            raise ValueError(f"gumbel_tau must be > 0, got {tau}")
+        if not float(_cfg(config, "gumbel_tau", 2.0)) > 0:
+            raise ValueError(f"gumbel_tau must be > 0, got {float(_cfg(config, 'gumbel_tau', 2.0))}")
         build_decay(assign_mode, 1, 2, config)  # range checks of rho, momentum, lambda, schedules
+        if not float(_cfg(config, "noise_mult", 1.0)) >= 0:
+            raise ValueError(f"noise_mult must be >= 0, got {float(_cfg(config, 'noise_mult', 1.0))}")
+
+    def __init__(self, config, dataset):
+        gradient_path = str(_cfg(config, "gradient_path", "true_e2e"))
+        assign_mode = str(_cfg(config, "assign_mode", "frqud"))
+        tau = float(_cfg(config, "gumbel_tau", 2.0))
         noise_mult = float(_cfg(config, "noise_mult", 1.0))
-        if not noise_mult >= 0:
-            raise ValueError(f"noise_mult must be >= 0, got {noise_mult}")
         super().__init__(config, dataset)
         self.gradient_path, self.assign_mode, self.tau = gradient_path, assign_mode, tau
         # Temperature schedule (DIGER fixes tau; schedules are an option, §6.2): tau(t) from gumbel_tau_schedule.

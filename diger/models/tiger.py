@@ -20,11 +20,8 @@ from .. import compat  # noqa: F401  (RecBole shims before RecBole imports)
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from .. import distributed as ddist
-from ..artifact import (ArtifactError, cache_folder, content_hashes, load_artifact, model_stage0, save_artifact,
-                        sid_settings)
-from ..text import item_text_embeddings
-from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats, pretrain_tokenizer
+from ..artifact import model_stage0, resolve_stage0, save_artifact
+from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats
 from .genrec import BACKBONES, GenRec
 from .trie import SIDTrie
 
@@ -55,8 +52,33 @@ class SemanticIDRecommender(SequentialRecommender):
     #: ``diger/properties/dataset/<dataset>-<name>.yaml`` (see :class:`diger.config.DigerConfig`).
     config_chain = ("TIGER",)
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse bad model keys before stage 0 runs (pre-training can take minutes); ``diger run`` calls it first.
+
+        Raises:
+            ValueError: ``code_num < 2``, ``code_levels < 1``, ``suffix_size < 1``, ``num_beams < max(topk)`` or an
+            unknown ``backbone``.
+        """
+        code_num, levels = int(_cfg(config, "code_num", 256)), int(_cfg(config, "code_levels", 3))
+        suffix, beams = int(_cfg(config, "suffix_size", code_num)), int(_cfg(config, "num_beams", 20))
+        topk = _cfg(config, "topk", [10])
+        topk = [topk] if isinstance(topk, int) else list(topk)
+        if code_num < 2:
+            raise ValueError(f"code_num (codebook size) must be >= 2, got {code_num}")
+        if levels < 1:
+            raise ValueError(f"code_levels must be >= 1, got {levels}")
+        if suffix < 1:
+            raise ValueError(f"suffix_size must be >= 1, got {suffix}")
+        if beams < max(topk):
+            raise ValueError(f"num_beams ({beams}) must be >= max(topk) ({max(topk)})")
+        backbone = str(_cfg(config, "backbone", "fast"))
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        self.check_config(config)
         self.config = config
         self.code_levels = int(_cfg(config, "code_levels", 3))
         self.code_num = int(_cfg(config, "code_num", 256))
@@ -64,19 +86,7 @@ class SemanticIDRecommender(SequentialRecommender):
         self.num_beams = int(_cfg(config, "num_beams", 20))
         self.constrained = bool(_cfg(config, "constrained_decoding", True))
         self.beam_cache = bool(_cfg(config, "beam_search_cache", True))
-        topk = _cfg(config, "topk", [10])
-        topk = [topk] if isinstance(topk, int) else list(topk)
-        if self.code_num < 2:
-            raise ValueError(f"code_num (codebook size) must be >= 2, got {self.code_num}")
-        if self.code_levels < 1:
-            raise ValueError(f"code_levels must be >= 1, got {self.code_levels}")
-        if self.suffix_size < 1:
-            raise ValueError(f"suffix_size must be >= 1, got {self.suffix_size}")
-        if self.num_beams < max(topk):
-            raise ValueError(f"num_beams ({self.num_beams}) must be >= max(topk) ({max(topk)})")
         self.backbone = str(_cfg(config, "backbone", "fast"))
-        if self.backbone not in BACKBONES:  # before tokenizer pre-training, which can take minutes
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         self.num_codes = [self.code_num] * self.code_levels
         self.vocab_sizes = self.num_codes + [self.suffix_size]
 
@@ -84,37 +94,21 @@ class SemanticIDRecommender(SequentialRecommender):
         self._trie_version = -1
         self._table_version = 0
         self.dataset_item_tokens = dataset.field2id_token[config["ITEM_ID_FIELD"]]
-        restoring = bool(_cfg(config, "restore_from_checkpoint", False))
-        self._artifact = None  # a loaded SemanticIDArtifact: stage 0 is read, not recomputed
-        self._artifact_target: Optional[str] = None  # sid_artifact: auto, not cached yet: save stage 0 there
-        art = None if restoring else _cfg(config, "sid_artifact", None)
-        if art is not None and str(art) != "auto":
-            self._artifact = load_artifact(art)
-            self._artifact.check_fits(config)
-            emb, self._artifact_table = self._artifact.aligned(list(self.dataset_item_tokens))
-            config["item_emb_dim"] = int(emb.shape[1])
-        elif _cfg(config, "sid_table_file", None) and not restoring:
-            emb = torch.zeros(self.n_items, 1)  # published IDs: no item text needed
-            config["item_emb_dim"] = 1
-        elif restoring:
-            dim = int(_cfg(config, "item_emb_dim", 0))
-            if dim <= 0:
-                raise ValueError("restore_from_checkpoint needs `item_emb_dim` in the saved config")
-            emb = torch.zeros(self.n_items, dim)
-        else:  # multi-process: rank 0 embeds the item texts (and fills the cache), the others receive them
-            emb = ddist.broadcast_new_tensor(
-                torch.from_numpy(item_text_embeddings(config, dataset)) if ddist.is_main() else None)
-            config["item_emb_dim"] = int(emb.shape[1])
-            if art is not None:  # auto: the cache folder is named by the hash of the stage-0 inputs
-                self._auto_artifact(config, emb)
+        # Stage 0 (item embeddings -> tokenizer -> SID table) is resolved outside: this constructor only loads it.
+        art = resolve_stage0(config, dataset)
+        if art.published and self.joint_training:
+            raise ValueError(f"{art.folder}: published semantic IDs (sid_table_file, no tokenizer) are for TIGER; "
+                             f"DIGER learns its own codebooks")
+        emb, table = art.aligned(list(self.dataset_item_tokens))
         self.register_buffer("item_emb", emb.float())
         self.tokenizer = RQTokenizer(emb.shape[1], list(_cfg(config, "encoder_layers", [256, 128])),
                                      int(_cfg(config, "e_dim", 64)), self.num_codes, float(_cfg(config, "vq_beta", 0.25)),
                                      kind=str(_cfg(config, "tokenizer", "rqvae")))
-        self.register_buffer("sid_table", torch.full((self.n_items, self.code_levels + 1), -1, dtype=torch.long))
-        self.pretrain_info: Dict = {}
-        if not restoring:
-            self._init_tokenizer(config)
+        if not art.published:
+            self.tokenizer.load_state_dict(art.tokenizer_state)
+        self.register_buffer("sid_table", table)
+        self._table_version += 1
+        self.pretrain_info: Dict = dict(art.meta.get("pretrain_info") or {})
         self.genrec = GenRec(
             self.vocab_sizes,
             d_model=int(_cfg(config, "d_model", 128)), d_ff=int(_cfg(config, "d_ff", 512)),
@@ -138,100 +132,9 @@ class SemanticIDRecommender(SequentialRecommender):
         return self.calculate_loss(interaction)
 
     # ----- tokenizer and SID table ------------------------------------------------------------
-    def _init_tokenizer(self, config) -> None:
-        """Tokenizer and SID table before training; under DDP computed once on rank 0 and broadcast
-        (k-means init and RQ-VAE pre-training included), so every rank starts from identical codebooks."""
-        if not ddist.is_distributed():
-            return self._init_tokenizer_local(config)
-        if ddist.is_main():
-            self._init_tokenizer_local(config)
-        ddist.broadcast_module_(self.tokenizer)
-        ddist.broadcast_tensor_(self.sid_table)
-        self.pretrain_info = ddist.broadcast_object(self.pretrain_info)
-        self._table_version += 1
-
-    def _auto_artifact(self, config, emb: torch.Tensor) -> None:
-        """``sid_artifact: auto``: reuse ``$DIGER_CACHE/sid/<key>`` when it exists, else build it after stage 0."""
-        key = content_hashes([str(t) for t in self.dataset_item_tokens[1:]], emb[1:].numpy(), sid_settings(config))["key"]
-        folder = cache_folder(key)
-        if (folder / "artifact.json").is_file():
-            try:
-                self._artifact = load_artifact(folder)
-                self._artifact.check_fits(config)
-                _, self._artifact_table = self._artifact.aligned(list(self.dataset_item_tokens))
-                logger.info("sid_artifact auto: reusing %s (same item ids, embeddings and settings)", folder)
-                return
-            except ArtifactError as exc:
-                logger.warning("sid_artifact auto: %s; pre-training again and replacing it", exc)
-                self._artifact = None
-        logger.info("sid_artifact auto: no artifact for key %s yet; pre-training and saving it to %s", key[:12], folder)
-        self._artifact_target = str(folder)
-
     def save_sid_artifact(self, folder) -> Path:
         """Write this model's stage 0 (item embeddings, tokenizer, SID table) as an artifact (:mod:`diger.artifact`)."""
         return save_artifact(folder, **model_stage0(self))
-
-    def _init_tokenizer_local(self, config) -> None:
-        x = self.item_emb[1:]
-        if self._artifact is not None:
-            if self._artifact.published:
-                if self.joint_training:
-                    raise ValueError(f"sid_artifact {self._artifact.folder} holds published semantic IDs (no "
-                                     f"tokenizer); they are for TIGER, DIGER learns its own codebooks")
-            else:
-                self.tokenizer.load_state_dict(self._artifact.tokenizer_state)
-            self.sid_table.copy_(self._artifact_table)
-            self._table_version += 1
-            self.pretrain_info = {"sid_artifact": str(self._artifact.folder), **self._artifact.meta["pretrain_info"]}
-            return
-        if _cfg(config, "sid_table_file", None):
-            return self._load_published_ids(config)
-        path = _cfg(config, "rqvae_path", None)
-        if path:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            self.tokenizer.load_state_dict(state.get("tokenizer", state))
-            self.pretrain_info = {"loaded_from": str(path)}
-        elif self.tokenizer.kind == "rqkmeans":
-            # RQ-KMeans: the codebooks are the residual k-means centroids; nothing is trained.
-            self.tokenizer.kmeans_init(x, niter=int(_cfg(config, "kmeans_iters", 20)), seed=int(_cfg(config, "seed", 2020)),
-                                       backend=str(_cfg(config, "kmeans_init", "faiss")))
-            self.pretrain_info = {"tokenizer": "rqkmeans"}
-        else:
-            self.pretrain_info = pretrain_tokenizer(
-                self.tokenizer, x,
-                epochs=int(_cfg(config, "rqvae_epochs", 500)), lr=float(_cfg(config, "rqvae_lr", 1e-3)),
-                weight_decay=float(_cfg(config, "rqvae_weight_decay", 1e-4)),
-                batch_size=int(_cfg(config, "rqvae_batch_size", 1024)),
-                eval_every=int(_cfg(config, "rqvae_eval_every", 50)),
-                kmeans=str(_cfg(config, "kmeans_init", "faiss")), kmeans_iters=int(_cfg(config, "kmeans_iters", 20)),
-                seed=int(_cfg(config, "seed", 2020)), sinkhorn=bool(_cfg(config, "sid_sinkhorn", True)),
-                sk_epsilon=float(_cfg(config, "sk_epsilon", 0.003)), sk_iters=int(_cfg(config, "sk_iters", 50)),
-                show_progress=bool(_cfg(config, "show_progress", False)),
-            )
-        self.refresh_semantic_ids()
-        if self._artifact_target:
-            self.save_sid_artifact(self._artifact_target)
-            self.pretrain_info = {**self.pretrain_info, "sid_artifact": self._artifact_target}
-
-    def _load_published_ids(self, config) -> None:
-        """Fixed semantic IDs from a published index (LETTER's ``*.index.json``) plus our collision suffix.
-
-        Raises:
-            ValueError: when the file's number of levels or code range disagrees with ``code_levels`` /
-                ``code_num``, or for a model that trains its codebooks (DIGER).
-        """
-        from ..data.semantic_ids import load_letter_index
-
-        path = _cfg(config, "sid_table_file", None)
-        if self.joint_training:
-            raise ValueError("sid_table_file (published semantic IDs) is for TIGER; DIGER learns its own codebooks")
-        prefix = load_letter_index(path, list(self.dataset_item_tokens))[1:]
-        if prefix.shape[1] != self.code_levels or int(prefix.max()) >= self.code_num or int(prefix.min()) < 0:
-            raise ValueError(f"{path}: {prefix.shape[1]} levels with codes up to {int(prefix.max())}; "
-                             f"set code_levels: {prefix.shape[1]} and code_num > {int(prefix.max())}")
-        self.sid_table.copy_(build_sid_table(prefix, self.suffix_size))
-        self._table_version += 1
-        self.pretrain_info = {"sid_table_file": str(path)}
 
     @torch.no_grad()
     def compute_semantic_ids(self) -> torch.Tensor:
@@ -333,6 +236,5 @@ class TIGER(SemanticIDRecommender):
         self.tokenizer.requires_grad_(False)
 
     def refresh_semantic_ids(self):
-        if _cfg(self.config, "sid_table_file", None) or self._artifact is not None:  # loaded IDs stay as loaded
-            return self.codebook_statistics()
-        return super().refresh_semantic_ids()
+        """TIGER's semantic IDs are fixed after stage 0 (the tokenizer is frozen): statistics only."""
+        return self.codebook_statistics()
