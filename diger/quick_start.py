@@ -65,7 +65,9 @@ def resolve_model(model: Union[str, type]) -> type:
 
 def trainer_class(model_class: type) -> type:
     """Our trainer for semantic-ID models, RecBole's trainer with safe checkpoints for the rest."""
-    if model_class in MODELS.values():
+    from .models.tiger import SemanticIDRecommender
+
+    if issubclass(model_class, SemanticIDRecommender):  # the trainer-model contract of that base class
         return GenRecTrainer
     from recbole.utils import get_trainer
 

@@ -176,7 +176,7 @@ class Recommender:
         net.sid_table = torch.cat([net.sid_table, art.sid_table[rows].to(dev)])
         net.item_emb = torch.cat([net.item_emb, torch.from_numpy(art.item_emb)[rows].to(net.item_emb)])
         net.n_items = int(net.sid_table.shape[0])
-        net._table_version += 1  # the trie (and DIGER's latent cache) follow the table
+        net.table_changed()  # the trie (and DIGER's latent cache) follow the table
         start = len(self.item_tokens)
         ids = [art.item_ids[r] for r in new]
         self.item_tokens = np.concatenate([self.item_tokens.astype(object), np.array(ids, dtype=object)])

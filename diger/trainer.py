@@ -279,19 +279,20 @@ class SafeCheckpointTrainer(Trainer):
 
 
 class GenRecTrainer(SafeCheckpointTrainer):
-    """Trainer for :class:`~diger.models.TIGER` and :class:`~diger.models.DIGER` (see module doc)."""
+    """Trainer for :class:`~diger.models.TIGER`, :class:`~diger.models.DIGER` and any other
+    :class:`~diger.models.SemanticIDRecommender`: it calls only the contract that class declares
+    (``joint_training``, ``param_groups``, ``on_step_end``, ``step_metrics``, ``refresh_semantic_ids``,
+    ``codebook_statistics``, ``decay_state``, ``table_changed``; see module doc)."""
 
     def __init__(self, config, model):
         self.lr_scheduler = None
         super().__init__(config, model)
         self.codebook_history: List[Dict] = []
-        self.joint = bool(getattr(model, "joint_training", False))
-        if hasattr(model, "codebook_statistics") and bool((model.sid_table[1:] >= 0).all()):
+        self.joint = bool(model.joint_training)
+        if bool((model.sid_table[1:] >= 0).all()):
             self.codebook_history.append({"epoch": -1, **model.codebook_statistics()})
 
     def _build_optimizer(self, **kwargs):
-        if not hasattr(self.model, "param_groups"):
-            return super()._build_optimizer(**kwargs)
         groups = [g for g in self.model.param_groups(self.config) if g["params"]]
         return torch.optim.AdamW(groups, lr=self.config["learning_rate"])
 
@@ -390,11 +391,9 @@ class GenRecTrainer(SafeCheckpointTrainer):
                 self.optimizer.step()
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step()
-            if hasattr(self.model, "on_step_end"):
-                self.model.on_step_end()
-            if hasattr(self.model, "step_metrics"):
-                for k, v in self.model.step_metrics().items():  # epoch means, summed without host syncs
-                    step_metrics[k] = step_metrics.get(k, 0.0) + v
+            self.model.on_step_end()
+            for k, v in self.model.step_metrics().items():  # epoch means, summed without host syncs
+                step_metrics[k] = step_metrics.get(k, 0.0) + v
         if total_loss is None:
             raise ValueError("the training set is empty: no batch was produced")
         step_metrics = {k: float(v) / (batch_idx + 1) for k, v in step_metrics.items()}
@@ -424,15 +423,14 @@ class GenRecTrainer(SafeCheckpointTrainer):
         ever do not, rank 0's table is broadcast (``"sid_table_repaired": True``) and a warning logged.
         """
         model = self.model
-        decay = getattr(model, "decay", None)
         out = {
             "sid_table": ddist.gather_strings(sid_table_hash(model.sid_table)),
             "parameters": ddist.gather_strings(ddist.tensor_digest([p for p in model.parameters()])),
-            "decay_state": ddist.gather_strings(ddist.tensor_digest(list(decay.state_dict().values())) if decay is not None else ""),
+            "decay_state": ddist.gather_strings(ddist.tensor_digest(model.decay_state()) if model.decay_state() else ""),
         }
         if len(set(out["sid_table"])) > 1:
             self.logger.warning(f"semantic-ID tables differ across ranks {out['sid_table']}; using rank 0's")
             ddist.broadcast_tensor_(model.sid_table)
-            model._table_version += 1
+            model.table_changed()
             out["sid_table_repaired"] = True
         return out

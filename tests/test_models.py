@@ -99,8 +99,7 @@ def test_num_beams_below_topk_is_a_clear_error(toy_root):
 
 def _codebook_grads(net, interaction, detach):
     net.zero_grad(set_to_none=True)
-    net._detach_uses = detach
-    rec, _, _ = net.calculate_loss(interaction)
+    rec, _, _ = net.loss_terms(interaction, detach_uses=frozenset(detach))
     rec.backward()
     return [q.codebook.grad for q in net.tokenizer.quantizers]
 

@@ -78,7 +78,6 @@ class DIGER(SemanticIDRecommender):
         # Only the codebooks (and sigma) learn on the tokenizer side (§9 stage 1).
         self.tokenizer.encoder.requires_grad_(False)
         self.tokenizer.decoder.requires_grad_(False)
-        self._detach_uses: set = set()
         self._z_cache = None
         self._z_version = -1
 
@@ -107,6 +106,9 @@ class DIGER(SemanticIDRecommender):
     def step_metrics(self) -> Dict[str, float]:
         return self.decay.metrics()
 
+    def decay_state(self) -> List[torch.Tensor]:
+        return list(self.decay.state_dict().values())
+
     # ----- loss -------------------------------------------------------------------------------
     def _latents(self) -> torch.Tensor:
         """``z = Enc(x)`` of every item, computed once: encoder and item embeddings are frozen (§9)."""
@@ -128,6 +130,16 @@ class DIGER(SemanticIDRecommender):
         return torch.stack([(lv.p_soft.mean(0) - 1.0 / k).abs().sum() for lv in levels]).mean()
 
     def calculate_loss(self, interaction):
+        """``(rec, w_recon * recon, w_vq * vq[, w_balance * balance])`` of the batch (DIGER-method.md §8-9)."""
+        return self.loss_terms(interaction)
+
+    def loss_terms(self, interaction, detach_uses: frozenset = frozenset()):
+        """:meth:`calculate_loss` with the option to cut the gradient of single uses of the soft assignment.
+
+        ``detach_uses`` (``true_e2e`` only) holds any of ``"history"``, ``"decoder"``, ``"target"``: those uses
+        see the assignment detached, so a test can check that each use alone reaches every codebook level
+        (DIGER-method.md §14.2). Training uses the empty set.
+        """
         item_seq = interaction[self.ITEM_SEQ]
         target = interaction[self.POS_ITEM_ID]
         if self.gradient_path == "historical":
@@ -146,8 +158,7 @@ class DIGER(SemanticIDRecommender):
         else:
             a = torch.stack([lv.y_st for lv in levels], 1)
         tok = self._item_tokens(a, uniq)
-        # Tests detach single uses ("history", "decoder", "target") to check gradient reachability (§14.2).
-        detach = self._detach_uses
+        detach = detach_uses
         tok_det = self._item_tokens(a.detach(), uniq) if detach else tok
         hist_mask = item_seq > 0
         hist_src = tok_det if "history" in detach else tok

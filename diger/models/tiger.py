@@ -177,10 +177,12 @@ class SemanticIDRecommender(SequentialRecommender):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self._table_version += 1  # the SID table may have changed: rebuild the trie
+        self.table_changed()  # the SID table may have changed: rebuild the trie
         return out
 
-    # ----- optimisation -----------------------------------------------------------------------
+    # ----- the trainer-model contract (diger.trainer.GenRecTrainer calls exactly these) -------------
+    #: ``True``: the codebooks train with the recommender, and the trainer calls :meth:`refresh_semantic_ids`
+    #: after every epoch (DIGER); ``False``: semantic IDs are fixed after stage 0 (TIGER).
     joint_training = False
 
     def param_groups(self, config) -> List[Dict]:
@@ -188,6 +190,21 @@ class SemanticIDRecommender(SequentialRecommender):
         wd = float(_cfg(config, "weight_decay", 0.0))
         return [{"params": [p for p in self.genrec.parameters() if p.requires_grad],
                  "lr": float(config["learning_rate"]), "weight_decay": wd, "name": "recommender"}]
+
+    def on_step_end(self) -> None:
+        """Called after every optimiser step (DIGER advances its noise decay and step counter)."""
+
+    def step_metrics(self) -> Dict[str, torch.Tensor]:
+        """Per-step scalars (0-d tensors) the trainer averages over the epoch and logs; none by default."""
+        return {}
+
+    def decay_state(self) -> List[torch.Tensor]:
+        """Tensors of the uncertainty-decay state that must agree across ranks (DIGER); none by default."""
+        return []
+
+    def table_changed(self) -> None:
+        """Tell the model its ``sid_table`` was replaced or edited from outside (the trie is rebuilt)."""
+        self._table_version += 1
 
     # ----- recommender ------------------------------------------------------------------------
     def history_codes(self, item_seq: torch.Tensor) -> torch.Tensor:
