@@ -43,37 +43,37 @@ class DIGER(SemanticIDRecommender):
         """:meth:`SemanticIDRecommender.check_config` plus DIGER's keys (``gradient_path``, ``assign_mode``,
         ``gumbel_tau``, the decay's ranges, ``noise_mult``)."""
         super().check_config(config)
-        gradient_path = str(_cfg(config, "gradient_path", "true_e2e"))
+        gradient_path = str(_cfg(config, "gradient_path"))
         if gradient_path not in GRADIENT_PATHS:
             raise ValueError(f"gradient_path must be one of {list(GRADIENT_PATHS)}, got {gradient_path!r}")
-        assign_mode = str(_cfg(config, "assign_mode", "frqud"))
+        assign_mode = str(_cfg(config, "assign_mode"))
         if assign_mode not in ASSIGN_MODES:
             raise ValueError(f"assign_mode must be one of {list(ASSIGN_MODES)}, got {assign_mode!r}")
-        if not float(_cfg(config, "gumbel_tau", 2.0)) > 0:
-            raise ValueError(f"gumbel_tau must be > 0, got {float(_cfg(config, 'gumbel_tau', 2.0))}")
+        if not float(_cfg(config, "gumbel_tau")) > 0:
+            raise ValueError(f"gumbel_tau must be > 0, got {_cfg(config, 'gumbel_tau')}")
         build_decay(assign_mode, 1, 2, config)  # range checks of rho, momentum, lambda, schedules
-        if not float(_cfg(config, "noise_mult", 1.0)) >= 0:
-            raise ValueError(f"noise_mult must be >= 0, got {float(_cfg(config, 'noise_mult', 1.0))}")
+        if not float(_cfg(config, "noise_mult")) >= 0:
+            raise ValueError(f"noise_mult must be >= 0, got {_cfg(config, 'noise_mult')}")
 
     def __init__(self, config, dataset):
-        gradient_path = str(_cfg(config, "gradient_path", "true_e2e"))
-        assign_mode = str(_cfg(config, "assign_mode", "frqud"))
-        tau = float(_cfg(config, "gumbel_tau", 2.0))
-        noise_mult = float(_cfg(config, "noise_mult", 1.0))
+        gradient_path = str(_cfg(config, "gradient_path"))
+        assign_mode = str(_cfg(config, "assign_mode"))
+        tau = float(_cfg(config, "gumbel_tau"))
+        noise_mult = float(_cfg(config, "noise_mult"))
         super().__init__(config, dataset)
         self.gradient_path, self.assign_mode, self.tau = gradient_path, assign_mode, tau
         # Temperature schedule (DIGER fixes tau; schedules are an option, §6.2): tau(t) from gumbel_tau_schedule.
-        self.tau_schedule = make_schedule(_cfg(config, "gumbel_tau_schedule", self.tau))
+        self.tau_schedule = make_schedule(self.tau if _cfg(config, "gumbel_tau_schedule") is None else _cfg(config, "gumbel_tau_schedule"))
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
-        source = str(_cfg(config, "logit_source", "auto"))
+        source = str(_cfg(config, "logit_source"))
         if source == "auto":
             source = "sinkhorn_normalized" if self.gradient_path == "historical" else "raw"
-        self.assign_kw = {"logit_source": source, "sk_epsilon": float(_cfg(config, "sk_epsilon", 0.003)),
-                          "sk_iters": int(_cfg(config, "sk_iters", 50)), "noise_mult": noise_mult}
-        self.w_balance = float(_cfg(config, "w_balance", 0.0))
-        self.use_cached_forward = bool(_cfg(config, "use_cached_sinkhorn_forward", True))
-        self.w_recon = float(_cfg(config, "w_recon", 1.0))
-        self.w_vq = float(_cfg(config, "w_vq", 1.0))
+        self.assign_kw = {"logit_source": source, "sk_epsilon": float(_cfg(config, "sk_epsilon")),
+                          "sk_iters": int(_cfg(config, "sk_iters")), "noise_mult": noise_mult}
+        self.w_balance = float(_cfg(config, "w_balance"))
+        self.use_cached_forward = bool(_cfg(config, "use_cached_sinkhorn_forward"))
+        self.w_recon = float(_cfg(config, "w_recon"))
+        self.w_vq = float(_cfg(config, "w_vq"))
         self.decay = build_decay(self.assign_mode, self.code_levels, self.code_num, config)
         # Only the codebooks (and sigma) learn on the tokenizer side (§9 stage 1).
         self.tokenizer.encoder.requires_grad_(False)
@@ -86,14 +86,14 @@ class DIGER(SemanticIDRecommender):
 
     def param_groups(self, config) -> List[Dict]:
         """AdamW groups: recommender (``learning_rate``), codebooks (``lr_id``), sigma (``lr_sigma``)."""
-        wd = float(_cfg(config, "weight_decay", 0.0))
+        wd = float(_cfg(config, "weight_decay"))
         groups = super().param_groups(config) + [
             {"params": [p for p in self.tokenizer.quantizers.parameters() if p.requires_grad],
-             "lr": float(_cfg(config, "lr_id", 1e-5)), "weight_decay": wd, "name": "codebooks"},
+             "lr": float(_cfg(config, "lr_id")), "weight_decay": wd, "name": "codebooks"},
         ]
         sig = [p for p in self.decay.parameters() if p.requires_grad]
         if sig:
-            groups.append({"params": sig, "lr": float(_cfg(config, "lr_sigma", 1e-3)), "weight_decay": wd, "name": "sigma"})
+            groups.append({"params": sig, "lr": float(_cfg(config, "lr_sigma")), "weight_decay": wd, "name": "sigma"})
         return groups
 
     def on_step_end(self) -> None:

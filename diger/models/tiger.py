@@ -28,9 +28,23 @@ from .trie import SIDTrie
 logger = logging.getLogger(__name__)
 
 
-def _cfg(config, key, default):
-    v = config[key] if key in config else None
-    return default if v is None else v
+def _cfg(config, key):
+    """``config[key]`` of a TIGER / DIGER key. Its default lives only in ``diger/properties/model/<Model>.yaml``
+    (loaded by :class:`diger.config.DigerConfig`), never in Python.
+
+    Raises:
+        ValueError: for a key the config does not carry (a config built without our property files).
+    """
+    if key not in config:
+        raise ValueError(f"config key {key!r} is not set: TIGER / DIGER defaults live in diger/properties/model/"
+                         f"*.yaml; build the config with diger.quick_start.make_config, or add those files to "
+                         f"RecBole's config_file_list")
+    return config[key]
+
+
+def _optional(config, key):
+    """``config[key]``, or ``None`` for a runner key no YAML carries (``sid_table_file``, ``sid_artifact``)."""
+    return config[key] if key in config else None
 
 
 class SemanticIDRecommender(SequentialRecommender):
@@ -60,9 +74,9 @@ class SemanticIDRecommender(SequentialRecommender):
             ValueError: ``code_num < 2``, ``code_levels < 1``, ``suffix_size < 1``, ``num_beams < max(topk)`` or an
             unknown ``backbone``.
         """
-        code_num, levels = int(_cfg(config, "code_num", 256)), int(_cfg(config, "code_levels", 3))
-        suffix, beams = int(_cfg(config, "suffix_size", code_num)), int(_cfg(config, "num_beams", 20))
-        topk = _cfg(config, "topk", [10])
+        code_num, levels = int(_cfg(config, "code_num")), int(_cfg(config, "code_levels"))
+        suffix, beams = int(_cfg(config, "suffix_size")), int(_cfg(config, "num_beams"))
+        topk = _cfg(config, "topk")
         topk = [topk] if isinstance(topk, int) else list(topk)
         if code_num < 2:
             raise ValueError(f"code_num (codebook size) must be >= 2, got {code_num}")
@@ -72,7 +86,7 @@ class SemanticIDRecommender(SequentialRecommender):
             raise ValueError(f"suffix_size must be >= 1, got {suffix}")
         if beams < max(topk):
             raise ValueError(f"num_beams ({beams}) must be >= max(topk) ({max(topk)})")
-        backbone = str(_cfg(config, "backbone", "fast"))
+        backbone = str(_cfg(config, "backbone"))
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 
@@ -80,13 +94,13 @@ class SemanticIDRecommender(SequentialRecommender):
         super().__init__(config, dataset)
         self.check_config(config)
         self.config = config
-        self.code_levels = int(_cfg(config, "code_levels", 3))
-        self.code_num = int(_cfg(config, "code_num", 256))
-        self.suffix_size = int(_cfg(config, "suffix_size", self.code_num))
-        self.num_beams = int(_cfg(config, "num_beams", 20))
-        self.constrained = bool(_cfg(config, "constrained_decoding", True))
-        self.beam_cache = bool(_cfg(config, "beam_search_cache", True))
-        self.backbone = str(_cfg(config, "backbone", "fast"))
+        self.code_levels = int(_cfg(config, "code_levels"))
+        self.code_num = int(_cfg(config, "code_num"))
+        self.suffix_size = int(_cfg(config, "suffix_size"))
+        self.num_beams = int(_cfg(config, "num_beams"))
+        self.constrained = bool(_cfg(config, "constrained_decoding"))
+        self.beam_cache = bool(_cfg(config, "beam_search_cache"))
+        self.backbone = str(_cfg(config, "backbone"))
         self.num_codes = [self.code_num] * self.code_levels
         self.vocab_sizes = self.num_codes + [self.suffix_size]
 
@@ -101,9 +115,9 @@ class SemanticIDRecommender(SequentialRecommender):
                              f"DIGER learns its own codebooks")
         emb, table = art.aligned(list(self.dataset_item_tokens))
         self.register_buffer("item_emb", emb.float())
-        self.tokenizer = RQTokenizer(emb.shape[1], list(_cfg(config, "encoder_layers", [256, 128])),
-                                     int(_cfg(config, "e_dim", 64)), self.num_codes, float(_cfg(config, "vq_beta", 0.25)),
-                                     kind=str(_cfg(config, "tokenizer", "rqvae")))
+        self.tokenizer = RQTokenizer(emb.shape[1], list(_cfg(config, "encoder_layers")),
+                                     int(_cfg(config, "e_dim")), self.num_codes, float(_cfg(config, "vq_beta")),
+                                     kind=str(_cfg(config, "tokenizer")))
         if not art.published:
             self.tokenizer.load_state_dict(art.tokenizer_state)
         self.register_buffer("sid_table", table)
@@ -111,11 +125,11 @@ class SemanticIDRecommender(SequentialRecommender):
         self.pretrain_info: Dict = dict(art.meta.get("pretrain_info") or {})
         self.genrec = GenRec(
             self.vocab_sizes,
-            d_model=int(_cfg(config, "d_model", 128)), d_ff=int(_cfg(config, "d_ff", 512)),
-            num_heads=int(_cfg(config, "num_heads", 4)), d_kv=int(_cfg(config, "d_kv", 32)),
-            num_layers=int(_cfg(config, "t5_layers", 2)),
-            num_decoder_layers=int(_cfg(config, "t5_decoder_layers", _cfg(config, "t5_layers", 2))),
-            dropout=float(_cfg(config, "dropout", 0.1)),
+            d_model=int(_cfg(config, "d_model")), d_ff=int(_cfg(config, "d_ff")),
+            num_heads=int(_cfg(config, "num_heads")), d_kv=int(_cfg(config, "d_kv")),
+            num_layers=int(_cfg(config, "t5_layers")),
+            num_decoder_layers=int(_cfg(config, "t5_decoder_layers")),
+            dropout=float(_cfg(config, "dropout")),
             backbone=self.backbone,
         )
 
@@ -140,8 +154,8 @@ class SemanticIDRecommender(SequentialRecommender):
     def compute_semantic_ids(self) -> torch.Tensor:
         """``[n_items, L+1]`` SID table from the current tokenizer (Sinkhorn per level, collision suffix)."""
         prefix = self.tokenizer.get_codes(
-            self.item_emb[1:], sinkhorn=bool(_cfg(self.config, "sid_sinkhorn", True)),
-            sk_epsilon=float(_cfg(self.config, "sk_epsilon", 0.003)), sk_iters=int(_cfg(self.config, "sk_iters", 50)))
+            self.item_emb[1:], sinkhorn=bool(_cfg(self.config, "sid_sinkhorn")),
+            sk_epsilon=float(_cfg(self.config, "sk_epsilon")), sk_iters=int(_cfg(self.config, "sk_iters")))
         return build_sid_table(prefix, self.suffix_size)
 
     @torch.no_grad()
@@ -163,7 +177,7 @@ class SemanticIDRecommender(SequentialRecommender):
 
         Sinkhorn rebalances the table and so hides collapse; nearest-code usage shows the codebooks (§11).
         """
-        if bool(_cfg(self.config, "sid_sinkhorn", True)) and not _cfg(self.config, "sid_table_file", None):
+        if bool(_cfg(self.config, "sid_sinkhorn")) and not _optional(self.config, "sid_table_file"):
             nearest = self.tokenizer.get_codes(self.item_emb[1:], sinkhorn=False).cpu()
             stats["nearest_used"] = [int(torch.unique(nearest[:, l]).numel()) for l in range(nearest.shape[1])]
         return stats
@@ -187,7 +201,7 @@ class SemanticIDRecommender(SequentialRecommender):
 
     def param_groups(self, config) -> List[Dict]:
         """AdamW groups (decoupled weight decay, DIGER-method.md §9): the T5 recommender at ``learning_rate``."""
-        wd = float(_cfg(config, "weight_decay", 0.0))
+        wd = float(_cfg(config, "weight_decay"))
         return [{"params": [p for p in self.genrec.parameters() if p.requires_grad],
                  "lr": float(config["learning_rate"]), "weight_decay": wd, "name": "recommender"}]
 
