@@ -28,7 +28,7 @@ from .data.atomic import check_header_line
 from .config import ConfigError, DigerConfig, check_mappings, check_value_types, warn_unknown_keys
 from .models import BASELINES, MODELS
 from .tokenizer import torch_threads
-from .trainer import GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
+from .trainer import CheckpointError, GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, get_model, init_logger, init_seed
@@ -268,7 +268,13 @@ def resume(run_dir: str) -> Dict:
         cfg.update(output_dir=here, checkpoint_dir=here)
         meta["checkpoint_dir"] = here
     last = os.path.join(meta["checkpoint_dir"], SafeCheckpointTrainer.LAST)
-    load_checkpoint(last)  # a missing or truncated last.pth fails here, before any work
+    saved = load_checkpoint(last).get("saved_model_file")  # a missing or truncated last.pth fails here
+    mine = meta.get("best_checkpoint_name")
+    if mine and saved and os.path.basename(str(saved)) != mine:
+        raise CheckpointError(f"cannot resume {run_dir}: {last} belongs to another run (its best checkpoint is "
+                              f"{os.path.basename(str(saved))}, this run's is {mine}); runs that share a "
+                              f"checkpoint_dir overwrite each other's last.pth: give each run its own checkpoint_dir "
+                              f"(the default is the run folder)")
     config = make_config(meta["model"], meta["dataset"], None, cfg)
     nproc, world = process_counts(config)
     if world > 1:  # a multi-process run continues with the same processes (each rank's RNG streams restored)
@@ -375,6 +381,7 @@ def _execute_run(config, model_class, out_dir: Path, saved: bool, start: float, 
     elif ddist.is_main():  # written once the model is built, so a bad config leaves no run folder behind
         _write_json(out_dir / "run.json", {
             "model": config["model"], "dataset": config["dataset"], "checkpoint_dir": str(config["checkpoint_dir"]),
+            "best_checkpoint_name": os.path.basename(str(trainer.saved_model_file)),
             "run_config": portable_run_config({**config.external_config_dict, "output_dir": str(out_dir.resolve()),
                                                "checkpoint_dir": str(config["checkpoint_dir"])}),
         })

@@ -71,3 +71,17 @@ def test_resume_without_run_json_is_a_clear_error(toy_root):
 
     with pytest.raises(FileNotFoundError, match="run.json not found"):
         resume(str(toy_root / "nothing-here"))
+
+
+def test_resume_refuses_a_last_checkpoint_of_another_run(toy_root):
+    """Two runs sharing one checkpoint_dir: the second overwrites last.pth; resuming the first says so."""
+    from diger.quick_start import resume, run
+    from diger.trainer import CheckpointError
+
+    shared = toy_root / "shared"
+    for name in ("a", "b"):
+        run("TIGER", "toy", None, small_config(toy_root, output_dir=str(toy_root / name), checkpoint_dir=str(shared)))
+        time.sleep(1.1)  # RecBole names the best checkpoint by the second
+    resume(str(toy_root / "b"))  # its own last.pth: fine
+    with pytest.raises(CheckpointError, match="belongs to another run .* share a checkpoint_dir"):
+        resume(str(toy_root / "a"))
