@@ -245,7 +245,8 @@ def build_artifact(out, *, model: str = "TIGER", dataset: str = "ml-100k", confi
     config and ``sid_artifact: out`` trains on exactly these semantic IDs.
 
     Raises:
-        ValueError: for a model without semantic IDs; the errors of :func:`diger.quick_start.make_config`.
+        ValueError: for a model without semantic IDs; ArtifactError: for an ``out`` that exists and is not an
+        empty folder; the errors of :func:`diger.quick_start.make_config`.
     """
     from .models.tiger import SemanticIDRecommender
     from .quick_start import load_dataset, make_config, resolve_model
@@ -253,6 +254,9 @@ def build_artifact(out, *, model: str = "TIGER", dataset: str = "ml-100k", confi
     cls = resolve_model(model)
     if not issubclass(cls, SemanticIDRecommender):
         raise ValueError(f"{model} has no semantic IDs; build an artifact for TIGER or DIGER")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # runs may train on it: never replaced in place
+        raise ArtifactError(f"sid build: output {out} exists and is not an empty folder; name a new folder")
     cfg = dict(config_dict or {})
     cfg.pop("sid_artifact", None)  # build: never load one
     config = make_config(model, dataset, config_file_list, cfg)

@@ -96,6 +96,8 @@ def test_assign_refuses_bad_input_by_name(toy_root):
         assign_semantic_ids(art, toy_root / "full", embeddings_file=path)
     with pytest.raises(ValueError, match="exactly one of --items"):
         assign_semantic_ids(art, toy_root / "o6")
+    with pytest.raises(ArtifactError, match="sid build: output .* exists and is not an empty folder"):
+        _build(toy_root)  # the artifact is never rebuilt in place
 
 
 def test_new_items_are_served_from_a_trained_run(toy_root, capsys):
