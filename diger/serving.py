@@ -237,8 +237,7 @@ class Recommender:
             ``k < 1``, or a model that scores users, not histories (general models such as BPR: use
             :meth:`recommend_users`).
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        _check_k(k)
         if not self.sequential and self.config["model"] != "Pop":
             raise ValueError(f"{self.config['model']} scores users by id, not histories; use recommend_users")
         if isinstance(histories, (str, bytes)) or (histories and isinstance(histories[0], (str, int))):
@@ -253,13 +252,20 @@ class Recommender:
         Raises:
             KeyError: naming an unknown user id; ValueError: for ``k < 1``.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        _check_k(k)
         rows = [self._user_items(u).tolist() for u in user_ids]
         for u, r in zip(user_ids, rows):
             if not r and self.sequential:
                 raise ValueError(f"user {u!r} has no interactions in the dataset of this run")
         return self._rank(rows, [self.user_index[str(u)] for u in user_ids], k, exclude_history, batch_size)
+
+
+def _check_k(k) -> None:
+    """``k`` must be a positive int (numpy ints too; not bool, float or None)."""
+    import numbers
+
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be a positive integer (the list length), got {k!r}")
 
 
 def load_recommender(path: Union[str, os.PathLike], *, device: Optional[str] = None,

@@ -89,8 +89,11 @@ def test_recommend_bad_input_and_cli(toy_root, capsys):
         rec.recommend(["i1", "i2"])
     with pytest.raises(KeyError, match="unknown user id 'u999'"):
         rec.recommend_users(["u999"])
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        rec.recommend([["i1"]], k=0)
+    for bad in (0, 2.5, None, True):
+        with pytest.raises(ValueError, match=f"k must be a positive integer .*got {bad!r}"):
+            rec.recommend([["i1"]], k=bad)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        rec.recommend_users(["u1"], k="10")
     # a history longer than the model's is truncated to the most recent items, as in training
     long = [f"i{i % 24}" for i in range(3 * rec.max_history)]
     assert rec.recommend([long]) == rec.recommend([long[-rec.max_history:]])
