@@ -53,7 +53,7 @@ def sid_settings(config) -> Dict:
 
 
 def sid_columns(levels: int) -> List[str]:
-    """Column names of an exported SID table: ``item_id, code_1 .. code_L, suffix`` (DIGER-method.md §4)."""
+    """Column names of an exported SID table: ``item_id, code_1 .. code_L, suffix`` (``L`` residual codes, then the collision suffix)."""
     return ["item_id"] + [f"code_{j + 1}" for j in range(levels)] + ["suffix"]
 
 
@@ -358,7 +358,7 @@ def _new_item_vectors(text: Dict, known: set, items_file=None, embeddings_file=N
     return ids, vecs, len(table) - len(ids)
 
 
-#: How :func:`assign_semantic_ids` codes new items: ``sinkhorn`` (the table's own rule, DIGER-method.md §4),
+#: How :func:`assign_semantic_ids` codes new items: ``sinkhorn`` (the table's own rule, as the official DIGER ``get_codes``),
 #: ``argmin`` (nearest code per level), ``auto`` (``sinkhorn`` when the source's table was built with it).
 ASSIGN_RULES = ("auto", "sinkhorn", "argmin")
 

@@ -1,4 +1,4 @@
-"""RecBole ``Config`` with this package's defaults and safe command-line overrides (ECOSYSTEM.md §1.1, §1.8).
+"""RecBole ``Config`` with this package's defaults and safe command-line overrides (RecBole 1.2.1 ``recbole/config/configurator.py``).
 
 Precedence, highest first: ``--key=value`` overrides, ``config_dict``, YAML ``config_file_list``,
 then internal defaults: RecBole's ``overall.yaml`` -> RecBole's model YAML -> ours

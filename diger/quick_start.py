@@ -1,5 +1,5 @@
 """``run()`` and ``evaluate_checkpoint()``: RecBole's lower-level pipeline for our models and RecBole's own
-(ECOSYSTEM.md §1.8): Config -> seed/logger -> dataset -> dataloaders -> model -> trainer.fit -> evaluate.
+(RecBole 1.2.1 ``recbole/quick_start/quick_start.py``): Config -> seed/logger -> dataset -> dataloaders -> model -> trainer.fit -> evaluate.
 
 Multi-process training follows RecBole's ``recbole.quick_start.run``: the config keys ``nproc``
 (processes on this machine), ``world_size`` (all processes; default ``nproc``), ``ip``, ``port`` and

@@ -303,7 +303,7 @@ def semantic_id_rows(rec: Recommender) -> Tuple[List[str], List[List[int]]]:
     """``(columns, rows)`` of a semantic-ID run's SID table keyed by raw item id, in internal-id order.
 
     Columns: ``item_id, code_1 .. code_L, suffix`` (``L`` residual codes and the collision suffix of
-    DIGER-method.md §4). The table is the checkpoint's: for DIGER, the one of its best epoch.
+    :mod:`diger.tokenizer`). The table is the checkpoint's: for DIGER, the one of its best epoch.
 
     Raises:
         ValueError: for a model without semantic IDs (SASRec, GRU4Rec, ...).

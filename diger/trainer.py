@@ -3,10 +3,10 @@
 * :class:`SafeCheckpointTrainer` writes checkpoints holding only tensors and plain data (the
   config as a JSON-able dict), atomically (temp file + rename), so RecBole's own
   ``evaluate(load_best_model=True)`` and ``resume_checkpoint`` load them with
-  ``torch.load(weights_only=True)`` (ECOSYSTEM.md §2 fix 6). Used for baselines too.
+  ``torch.load(weights_only=True)`` (RecBole 1.2.1 pickles whole objects; see :mod:`diger.compat`). Used for baselines too.
 * :class:`GenRecTrainer` adds, for TIGER/DIGER: AdamW parameter groups (recommender / codebooks /
   sigma), cosine LR with warm-up, per-group gradient clipping, the uncertainty-decay step, and
-  after every epoch the semantic-ID refresh and codebook statistics (DIGER-method.md §9, §11).
+  after every epoch the semantic-ID refresh and codebook statistics (official DIGER ``trainer.py``; the statistics of :func:`diger.tokenizer.codebook_stats`).
 
 Multi-process runs (``nproc`` > 1, see :mod:`diger.compat` and :func:`diger.quick_start.run`): the
 training forward goes through ``self.distributed_model`` (DDP), only rank 0 writes checkpoints, all
@@ -131,7 +131,7 @@ class SafeCheckpointTrainer(Trainer):
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
     def _full_sort_batch_eval(self, batched_data):
-        # One protocol for every model (ECOSYSTEM.md §1.6): RecBole masks a user's training items only
+        # One protocol for every model (README, "Evaluation protocol"): RecBole masks a user's training items only
         # for general models (Pop, BPR); sequential ones never are. `exclude_history: False` (our
         # default) evaluates general models like sequential ones; True keeps RecBole's masking.
         if not (self.config["exclude_history"] if "exclude_history" in self.config else False):

@@ -1,5 +1,6 @@
 """DIGER: semantic IDs trained jointly with the recommender through Gumbel straight-through
-assignment with uncertainty decay (Fu et al., SIGIR 2026; DIGER-method.md §6-§9).
+assignment with uncertainty decay (Fu et al., SIGIR 2026, arXiv 2601.19711; official code ``junchen-fu/DIGER``
+``vq.py`` / ``trainer.py``, the true end-to-end path of its ``gradient-fix`` branch).
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ class DIGER(SemanticIDRecommender):
         return torch.stack([(lv.p_soft.mean(0) - 1.0 / k).abs().sum() for lv in levels]).mean()
 
     def calculate_loss(self, interaction):
-        """``(rec, w_recon * recon, w_vq * vq[, w_balance * balance])`` of the batch (DIGER-method.md §8-9)."""
+        """``(rec, w_recon * recon, w_vq * vq[, w_balance * balance])`` of the batch (official DIGER ``trainer.py``; ``gradient-fix`` branch for ``true_e2e``)."""
         return self.loss_terms(interaction)
 
     def loss_terms(self, interaction, detach_uses: frozenset = frozenset()):
@@ -138,7 +139,8 @@ class DIGER(SemanticIDRecommender):
 
         ``detach_uses`` (``true_e2e`` only) holds any of ``"history"``, ``"decoder"``, ``"target"``: those uses
         see the assignment detached, so a test can check that each use alone reaches every codebook level
-        (DIGER-method.md §14.2). Training uses the empty set.
+        (as the official ``gradient-fix`` branch's ``tests/test_true_e2e_gradients.py`` does). Training uses the
+        empty set.
         """
         item_seq = interaction[self.ITEM_SEQ]
         target = interaction[self.POS_ITEM_ID]

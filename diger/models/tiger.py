@@ -1,8 +1,9 @@
 """TIGER: a T5 generative recommender over fixed semantic IDs, as a RecBole ``SequentialRecommender``.
 
-Pipeline inside ``__init__`` (DIGER-method.md §9 stage 0; §12 TIGER): item text embeddings
-(:mod:`diger.text`) -> RQ-VAE pre-training with FAISS k-means init (:mod:`diger.tokenizer`) ->
-SID table with collision suffix. TIGER keeps the tokenizer frozen; :class:`diger.models.DIGER`
+Stage 0 runs before the model is built (:func:`diger.artifact.resolve_stage0`; TIGER, Rajput et al., NeurIPS
+2023, arXiv 2305.05065; stage 0 of the official DIGER trainer, ``junchen-fu/DIGER`` ``scripts/rqvae/``): item text
+embeddings (:mod:`diger.text`) -> RQ-VAE pre-training with FAISS k-means init (:mod:`diger.tokenizer`) ->
+SID table with collision suffix; the constructor only loads its result. TIGER keeps the tokenizer frozen; :class:`diger.models.DIGER`
 trains its codebooks jointly. The SID table, the item embeddings and the tokenizer are buffers and
 parameters of the model, so a checkpoint's ``state_dict`` carries the exact table it was evaluated
 with, and nothing is recomputed at load time.
@@ -200,7 +201,7 @@ class SemanticIDRecommender(SequentialRecommender):
     joint_training = False
 
     def param_groups(self, config) -> List[Dict]:
-        """AdamW groups (decoupled weight decay, DIGER-method.md §9): the T5 recommender at ``learning_rate``."""
+        """AdamW groups (decoupled weight decay; official DIGER ``trainer.py``): the T5 recommender at ``learning_rate``."""
         wd = float(_cfg(config, "weight_decay"))
         return [{"params": [p for p in self.genrec.parameters() if p.requires_grad],
                  "lr": float(config["learning_rate"]), "weight_decay": wd, "name": "recommender"}]
@@ -260,7 +261,7 @@ class SemanticIDRecommender(SequentialRecommender):
 
 
 class TIGER(SemanticIDRecommender):
-    """TIGER (Rajput et al., NeurIPS 2023): semantic IDs fixed after RQ-VAE pre-training (DIGER-method.md §12)."""
+    """TIGER (Rajput et al., NeurIPS 2023): semantic IDs fixed after RQ-VAE pre-training (arXiv 2305.05065)."""
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
