@@ -9,7 +9,6 @@ YAMLs (RecBole's, then ``diger/properties/dataset/<dataset>.yaml``, then
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -22,7 +21,6 @@ from recbole.config import Config
 
 PROPERTIES = Path(__file__).resolve().parent / "properties"
 RECBOLE_PROPERTIES = Path(recbole.__file__).resolve().parent / "properties"
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -35,20 +33,9 @@ def parse_overrides(args: Iterable[str]) -> Dict:
     Raises:
         ConfigError: for an argument that is not ``--key=value``.
     """
-    out = {}
-    for arg in args:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ConfigError(f"unrecognised argument {arg!r}; overrides are written --key=value")
-        key, raw = arg[2:].split("=", 1)
-        if not key:
-            raise ConfigError(f"empty key in override {arg!r}")
-        try:
-            out[key] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            out[key] = raw
-        if isinstance(out[key], str) and _FLOAT.fullmatch(out[key]):
-            out[key] = float(out[key])  # YAML 1.1 reads 1e-3 as text; RecBole's file loader reads a float
-    return out
+    from .infra import parse_key_values
+
+    return parse_key_values(args, error=ConfigError)
 
 
 def check_config_files(files: Optional[List[str]]) -> List[str]:

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from datetime import datetime
@@ -28,6 +27,7 @@ from .data.atomic import check_header_line
 from .config import ConfigError, DigerConfig, check_mappings, check_value_types, warn_unknown_keys
 from .models import BASELINES, MODELS
 from .tokenizer import torch_threads
+from .infra import atomic_write_json
 from .trainer import CheckpointError, GenRecTrainer, SafeCheckpointTrainer, load_checkpoint, portable_run_config
 
 from recbole.data import create_dataset, data_preparation
@@ -135,11 +135,7 @@ def _finite(obj):
 
 
 def _write_json(path: Path, obj: Dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_finite(obj), fh, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    atomic_write_json(path, _finite(obj))
 
 
 def _output_dir(config) -> Path:

@@ -352,29 +352,22 @@ def export_semantic_ids(path: Union[str, os.PathLike], out: Union[str, os.PathLi
         rows = [[i] + r for i, r in zip(art.item_ids, art.sid_table.tolist())]
     else:
         columns, rows = semantic_id_rows(load_recommender(path, device="cpu"))
-    import tempfile
+    from .infra import atomic_write
 
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=fmt)
-    os.close(fd)
-    try:
-        if fmt == ".csv":
-            import csv
+    if fmt == ".csv":
+        import csv
 
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh)
-                w.writerow(columns)
-                w.writerows(rows)
-        elif fmt == ".jsonl":
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for r in rows:
-                    fh.write(json.dumps(dict(zip(columns, r))) + "\n")
-        else:
-            import pandas as pd
+        with atomic_write(out, newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(columns)
+            w.writerows(rows)
+    elif fmt == ".jsonl":
+        with atomic_write(out) as fh:
+            for r in rows:
+                fh.write(json.dumps(dict(zip(columns, r))) + "\n")
+    else:
+        import pandas as pd
 
-            pd.DataFrame(rows, columns=columns).to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_write(out, "wb") as fh:
+            pd.DataFrame(rows, columns=columns).to_parquet(fh, index=False)
     return len(rows)

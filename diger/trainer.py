@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import time
 import warnings
 from typing import Dict, List
@@ -31,49 +30,24 @@ from tqdm import tqdm
 from . import compat
 from . import distributed as ddist
 from . import evaluation
+from .infra import CheckpointError, atomic_torch_save, load_plain_checkpoint  # noqa: F401 (re-exported)
 from .tokenizer import sid_table_hash
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or not one of ours."""
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _is_diger_checkpoint(ckpt) -> "str | None":
+    return None if isinstance(ckpt, dict) and "state_dict" in ckpt else "no 'state_dict'"
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict:
-    """Load one of our checkpoints with ``weights_only=True``.
+    """Load one of our checkpoints with ``weights_only=True`` (:func:`diger.infra.load_plain_checkpoint`).
 
     Raises:
         CheckpointError: naming ``path`` when it is missing, truncated/corrupt or lacks a ``state_dict``.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, wrong format, pickled objects
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "Weights only load failed" in str(exc):
-            first = "it holds pickled objects, not plain data (not written by diger; refusing to unpickle it)"
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {first}") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a diger checkpoint (no 'state_dict')")
-    return ckpt
+    return load_plain_checkpoint(path, owner="diger", check=_is_diger_checkpoint, map_location=map_location)
 
 
 #: Per-process config keys never stored in a checkpoint's or run's configuration (a reloaded
