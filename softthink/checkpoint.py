@@ -7,14 +7,14 @@ foreign file raises :class:`CheckpointError` with a one-line message naming the 
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import numpy as np
 import torch
+
+from diger.infra import CheckpointError, atomic_torch_save, load_plain_checkpoint
 
 __all__ = ["CheckpointError", "LAST", "RUN_JSON", "FORMAT", "atomic_torch_save", "load_checkpoint",
            "rng_state", "set_rng_state"]
@@ -24,44 +24,19 @@ RUN_JSON = "run.json"
 FORMAT = "softthink-last/1"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or not one of ours."""
-
-
-def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
-    """``torch.save(obj)`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pth")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _is_softthink(ckpt) -> "str | None":
+    return None if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else f"no format {FORMAT!r}"
 
 
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """Load a ``last.pth`` written by :meth:`SoftGRPOTrainer.save_checkpoint` with ``weights_only=True``.
+    """Load a ``last.pth`` written by :meth:`SoftGRPOTrainer.save_checkpoint` with ``weights_only=True``
+    (:func:`diger.infra.load_plain_checkpoint`).
 
     Raises:
         CheckpointError: naming ``path`` when it is missing, truncated/corrupt, holds pickled objects or is not
             a softthink checkpoint.
     """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, wrong format, pickled objects
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "Weights only load failed" in str(exc):
-            first = "it holds pickled objects, not plain data (not written by softthink; refusing to unpickle it)"
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {first}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a softthink checkpoint (no format {FORMAT!r})")
-    return ckpt
+    return load_plain_checkpoint(path, owner="softthink", check=_is_softthink)
 
 
 def rng_state() -> Dict[str, Any]:

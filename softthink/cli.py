@@ -14,15 +14,10 @@ __all__ = ["main"]
 
 
 def _parse_overrides(items: Optional[List[str]]) -> dict:
-    import yaml
+    """``--set key=value`` items through :func:`diger.infra.parse_key_values` (the rules of ``diger run``)."""
+    from diger.infra import parse_key_values
 
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise SystemExit(f"--set expects key=value, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    return parse_key_values(items or [], prefix="", error=SystemExit, what="--set expects key=value")
 
 
 def _setup(cfg) -> None:

@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from diger.infra import atomic_write_text  # noqa: F401 (re-exported: softthink.trainer.atomic_write_text)
+
 from .checkpoint import FORMAT, LAST, CheckpointError, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from .config import SoftGRPOConfig
 from .distributed import ProcessLayout, prompt_seed
@@ -36,20 +38,6 @@ __all__ = ["SoftGRPOTrainer", "tokenize_prompts", "decode_completions", "atomic_
            "completion_token_ids"]
 
 RewardFunc = Callable[..., List[Optional[float]]]
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def lora_config_from_args(args: SoftGRPOConfig):

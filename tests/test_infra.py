@@ -65,3 +65,11 @@ def test_key_values_for_both_command_lines():
 def test_infra_imports_neither_recbole_nor_transformers():
     code = "import sys, diger.infra; print(any(m in sys.modules for m in ('recbole', 'transformers')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_softthink_set_reads_exponents_as_numbers_like_diger_run():
+    from softthink.cli import _parse_overrides
+
+    assert _parse_overrides(["learning_rate=1e-6", "num_generations=4"]) == {"learning_rate": 1e-06, "num_generations": 4}
+    with pytest.raises(SystemExit, match="--set expects key=value"):
+        _parse_overrides(["learning_rate"])
