@@ -566,6 +566,8 @@ def _resolve_local(config, dataset) -> SemanticIDArtifact:
 
     tokens = list(dataset.field2id_token[config["ITEM_ID_FIELD"]])
     where = config["sid_artifact"] if "sid_artifact" in config else None
+    if where is not None and str(where).lower() in ("none", "off", "null", ""):
+        where = None
     if where is not None and str(where) != "auto":
         art = load_artifact(where)
         art.check_fits(config)

@@ -95,7 +95,7 @@ class DigerConfig(Config):
 RUNNER_KEYS = frozenset({
     "output_dir", "dist_backend", "text_fields", "text_fill", "text_model", "text_missing_reason",
     "item_emb_file", "embedding_cache_dir", "sid_table_file",
-    "eval_score_chunk_mb", "torch_num_threads", "sid_artifact",
+    "eval_score_chunk_mb", "torch_num_threads",
 })
 
 

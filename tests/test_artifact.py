@@ -20,8 +20,9 @@ def _run(root, name, model="TIGER", **extra):
 def test_auto_artifact_is_built_once_and_reused(toy_root, monkeypatch):
     import diger.tokenizer as tokenizer
 
-    plain = _run(toy_root, "plain")
-    first = _run(toy_root, "auto1", sid_artifact="auto")
+    plain = _run(toy_root, "plain", sid_artifact=None)  # computed in the run, nothing cached
+    assert not (toy_root / "cache" / "sid").exists()
+    first = _run(toy_root, "auto1")  # auto is the default
     cached = list((toy_root / "cache" / "sid").iterdir())
     assert len(cached) == 1 and first["semantic_ids"]["tokenizer_pretraining"]["sid_artifact"] == str(cached[0])
     assert first["test_result"] == plain["test_result"]  # building it changes nothing
