@@ -32,6 +32,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, table, toy_dataset  # noqa: E402
+from diger.infra import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
@@ -182,9 +183,7 @@ def main() -> None:
         with lock:  # record every finished run at once, atomically
             done[f"{arm}/{seed}"] = r
             if out:
-                tmp = out.with_name(out.name + ".tmp")
-                tmp.write_text(json.dumps(done, indent=2))
-                os.replace(tmp, out)
+                atomic_write_json(out, done)
             print(f"done {arm} seed {seed}: ndcg@10 {r['test']['ndcg@10']:.4f} ({r['seconds'] / 60:.1f} min)",
                   file=sys.stderr, flush=True)
 

@@ -1,4 +1,5 @@
-"""Small helpers for multi-process (DistributedDataParallel) runs of ``diger`` (ECOSYSTEM.md §1.9).
+"""Process collectives shared by ``diger`` (DistributedDataParallel runs through RecBole) and ``softthink``
+(:class:`softthink.distributed.ProcessLayout`, launched by ``accelerate`` / ``torchrun``).
 
 Every helper is a no-op (or returns its input) when ``torch.distributed`` is not initialised or the
 world has one process, so single-process code paths call them unconditionally. Collectives must be
@@ -10,7 +11,7 @@ are returned on the input's device.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -125,3 +126,47 @@ def gather_strings(s: str) -> List[str]:
     out: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, s)
     return [str(x) for x in out]
+
+
+def raise_if_any_failed(err: Optional[BaseException], where: str) -> None:
+    """Collective: re-raise ``err``; with several processes first agree, so that every process stops together.
+
+    A process whose own step succeeded raises ``RuntimeError`` naming ``where`` when another one failed, instead
+    of hanging in the next collective. No-op when ``err`` is ``None`` on every process.
+
+    Raises:
+        BaseException: ``err`` itself on the process that failed.
+        RuntimeError: on the other processes, ``"<where>: failed on another process ..."``.
+    """
+    failed = 0 if err is None else 1
+    if is_distributed():
+        failed = int(all_reduce_sum(torch.tensor([failed]))[0])
+    if err is not None:
+        raise err
+    if failed:
+        raise RuntimeError(f"{where}: failed on another process (see that process's error above)")
+
+
+def average_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Collective: average ``.grad`` over processes in place, one all-reduce per gradient dtype (DDP's reduction).
+
+    A parameter whose gradient is ``None`` on every process stays ``None`` (AdamW then skips it, as in a
+    single-process run); one that has a gradient somewhere gets zeros where it had none. No-op when not
+    distributed.
+    """
+    if not is_distributed():
+        return
+    has = all_reduce_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.long))
+    live = [p for p, h in zip(params, has.tolist()) if h]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    world = world_size()
+    for dtype in sorted({p.grad.dtype for p in live}, key=str):
+        group = [p for p in live if p.grad.dtype == dtype]
+        flat = all_reduce_sum(torch.cat([p.grad.reshape(-1) for p in group])) / world
+        off = 0
+        for p in group:
+            n = p.grad.numel()
+            p.grad.copy_(flat[off:off + n].view_as(p.grad))  # copy_ moves back to the grad's device
+            off += n

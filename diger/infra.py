@@ -1,5 +1,5 @@
 """Infrastructure shared by ``diger`` and ``softthink``: atomic file writes, plain-data checkpoints, ``key=value``
-overrides (issue 15). Pure Python, numpy-free and torch-only where a tensor is saved; importing it pulls in
+overrides and the RNG states a resumed run restores (issue 15). Pure Python, numpy-free and torch-only where a tensor is saved; importing it pulls in
 neither RecBole nor transformers (like :mod:`diger.gumbel`).
 
 Atomic here means: the data is written to a temporary file in the destination folder, then moved over the
@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, IO, Iterable, Iterator, Optional, Type, Union
 
-__all__ = ["CheckpointError", "atomic_torch_save", "atomic_write", "atomic_write_json", "atomic_write_text",
-           "load_plain_checkpoint", "parse_key_values"]
+__all__ = ["CheckpointError", "atomic_dir", "atomic_torch_save", "atomic_write", "atomic_write_json", "atomic_write_text",
+           "load_plain_checkpoint", "parse_key_values", "rng_state", "set_rng_state"]
 
 PathLike = Union[str, os.PathLike]
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -49,6 +49,46 @@ def atomic_write(path: PathLike, mode: str = "w", *, encoding: Optional[str] = "
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike, *, if_exists: str = "replace") -> Iterator[Path]:
+    """``with atomic_dir(d) as tmp: <write files into tmp>``: a temporary folder beside ``d``, moved to ``d`` when
+    the block ends without an error; on any error it is removed and ``d`` is left as it was.
+
+    Args:
+        if_exists: what to do when ``d`` exists at the end: ``"replace"`` (the old folder is moved aside, the new
+            one renamed in, the old one removed: a kill leaves the old or the new folder, plus at most a
+            ``<d>.old`` folder to delete) or ``"keep"`` (another process made ``d`` meanwhile: keep it, drop
+            ours).
+    Raises:
+        ValueError: for another ``if_exists``.
+    """
+    import shutil
+
+    if if_exists not in ("replace", "keep"):
+        raise ValueError(f"atomic_dir: if_exists must be 'replace' or 'keep', got {if_exists!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if not path.exists():
+            try:
+                os.replace(tmp, path)
+            except OSError:  # created concurrently between the check and the rename
+                if if_exists == "replace" or not path.exists():
+                    raise
+        elif if_exists == "replace":
+            old = path.with_name(path.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -131,3 +171,40 @@ def parse_key_values(items: Iterable[str], *, prefix: str = "--", error: Type[Ex
             value = float(value)
         out[key] = value
     return out
+
+
+def rng_state() -> Dict[str, Any]:
+    """The global RNG states (torch CPU, numpy, Python ``random``) as tensors and plain values.
+
+    The result survives :func:`atomic_torch_save` / :func:`load_plain_checkpoint` (``weights_only=True``) and is
+    restored by :func:`set_rng_state`; used by ``diger run --resume`` and ``softthink train --resume``.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": [int(v) for v in random.getstate()[1]],
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore the global RNG states captured by :func:`rng_state` (extra keys are ignored).
+
+    Raises:
+        KeyError: when ``state`` lacks ``torch``, ``numpy`` or ``python``.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    random.setstate((3, tuple(state["python"]), None))

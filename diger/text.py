@@ -9,14 +9,14 @@ RecBole's internal item ids: row ``i`` belongs to ``dataset.field2id_token[ITEM_
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .infra import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -166,17 +166,9 @@ def embed_texts(
     if not np.isfinite(out).all():
         raise ValueError(f"text model {name!r} produced non-finite embeddings")
     cdir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cdir, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, out, allow_pickle=False)
-        os.replace(tmp, cfile)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    with open(cdir / f"{key}.json", "w") as fh:
-        json.dump({"model": name, "n": len(texts), "dim": int(out.shape[1])}, fh)
+    with atomic_write(cfile, "wb") as fh:
+        np.save(fh, out, allow_pickle=False)
+    atomic_write_json(cdir / f"{key}.json", {"model": name, "n": len(texts), "dim": int(out.shape[1])}, indent=None)
     return out
 
 

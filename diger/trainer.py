@@ -17,12 +17,10 @@ the uncertainty-decay state (``codebook_history[i]["ranks"]``).
 from __future__ import annotations
 
 import os
-import random
 import time
 import warnings
 from typing import Dict, List
 
-import numpy as np
 import torch
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
@@ -30,7 +28,7 @@ from tqdm import tqdm
 from . import compat
 from . import distributed as ddist
 from . import evaluation
-from .infra import CheckpointError, atomic_torch_save, load_plain_checkpoint  # noqa: F401 (re-exported)
+from .infra import CheckpointError, atomic_torch_save, load_plain_checkpoint, rng_state, set_rng_state  # noqa: F401 (re-exported)
 from .tokenizer import sid_table_hash
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.trainer import Trainer
@@ -171,14 +169,7 @@ class SafeCheckpointTrainer(Trainer):
 
     @staticmethod
     def _rng_state(train_data) -> Dict:
-        np_state = np.random.get_state()
-        return {
-            "torch": torch.get_rng_state(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                      int(np_state[3]), float(np_state[4])],
-            "python": list(random.getstate()[1]),
-            "train_loader": train_data.generator.get_state(),
-        }
+        return {**rng_state(), "train_loader": train_data.generator.get_state()}
 
     def _save_last(self, epoch: int, train_data) -> None:
         """After an evaluated epoch: everything needed to continue exactly, in ``<checkpoint_dir>/last.pth``.
@@ -225,10 +216,7 @@ class SafeCheckpointTrainer(Trainer):
         by_rank = ckpt.get("rng_by_rank")
         if self.distributed and by_rank and len(by_rank) == ddist.world_size():
             rng = by_rank[ddist.rank()]  # the same process count continues each rank's own streams
-        torch.set_rng_state(rng["torch"])
-        n = rng["numpy"]
-        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-        random.setstate((3, tuple(rng["python"]), None))
+        set_rng_state(rng)
         train_data.generator.set_state(rng["train_loader"])
         self.elapsed_before = float(ckpt.get("elapsed_seconds") or 0.0)
         self._load_extra_state(ckpt)

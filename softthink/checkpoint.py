@@ -7,14 +7,10 @@ foreign file raises :class:`CheckpointError` with a one-line message naming the 
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, Dict, Union
 
-import numpy as np
-import torch
-
-from diger.infra import CheckpointError, atomic_torch_save, load_plain_checkpoint
+from diger.infra import CheckpointError, atomic_torch_save, load_plain_checkpoint, rng_state, set_rng_state
 
 __all__ = ["CheckpointError", "LAST", "RUN_JSON", "FORMAT", "atomic_torch_save", "load_checkpoint",
            "rng_state", "set_rng_state"]
@@ -37,22 +33,3 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
             a softthink checkpoint.
     """
     return load_plain_checkpoint(path, owner="softthink", check=_is_softthink)
-
-
-def rng_state() -> Dict[str, Any]:
-    """Global RNG states (torch CPU, numpy, python ``random``) as tensors and plain values."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "python": [int(v) for v in random.getstate()[1]],
-    }
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore the states captured by :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    random.setstate((3, tuple(state["python"]), None))

@@ -29,6 +29,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from diger import distributed as collectives
+
 __all__ = ["prompt_seed", "ProcessLayout"]
 
 
@@ -111,64 +113,27 @@ class ProcessLayout:
         y = y.view(self.world, -1, self.chunk_rows, *tail).transpose(0, 1).reshape(-1, *tail)
         return y.to(dtype)
 
+    # The collectives are diger.distributed's (shared with diger's DDP runs); they need a process group.
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over processes (a new tensor); identity with one process."""
-        if self.world == 1:
-            return x
-        y = x.detach().clone().to(self.comm_device)
-        torch.distributed.all_reduce(y, op=torch.distributed.ReduceOp.SUM)
-        return y.to(x.device)
+        return x if self.world == 1 else collectives.all_reduce_sum(x)
 
     def raise_if_failed(self, err: Optional[BaseException], where: str) -> None:
         """Re-raise ``err``; with several processes first agree, so that every process stops (no hang in a later
-        collective) and the others name the step that failed elsewhere."""
-        if self.world > 1:
-            failed = int(self.all_reduce_sum(torch.tensor([0 if err is None else 1]))[0])
-        else:
-            failed = 0 if err is None else 1
-        if err is not None:
-            raise err
-        if failed:
-            raise RuntimeError(f"{where}: failed on another process (see that process's error above)")
+        collective) and the others name the step that failed elsewhere (:func:`diger.distributed.raise_if_any_failed`)."""
+        collectives.raise_if_any_failed(err, where)
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Copy the main process's parameters and buffers into every process (DDP's start-up broadcast)."""
-        if self.world == 1:
-            return
-        with torch.no_grad():
-            for t in module.state_dict().values():
-                if t.device == self.comm_device:
-                    torch.distributed.broadcast(t, src=0)
-                else:  # e.g. gloo needs CPU tensors
-                    c = t.to(self.comm_device)
-                    torch.distributed.broadcast(c, src=0)
-                    t.copy_(c)
+        collectives.broadcast_module_(module, 0)
 
     def average_gradients(self, params: Sequence[torch.Tensor]) -> None:
-        """Average ``.grad`` over processes in place (one all-reduce per dtype). A parameter whose gradient is
-        None on every process stays None (AdamW then skips it, as in a single-process run)."""
-        if self.world == 1:
-            return
-        has = self.all_reduce_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.long))
-        live = [p for p, h in zip(params, has.tolist()) if h]
-        for p in live:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        for dtype in sorted({p.grad.dtype for p in live}, key=str):
-            group = [p for p in live if p.grad.dtype == dtype]
-            flat = torch.cat([p.grad.reshape(-1).to(self.comm_device) for p in group])
-            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-            flat /= self.world
-            off = 0
-            for p in group:
-                n = p.grad.numel()
-                p.grad.copy_(flat[off:off + n].view_as(p.grad))  # copy_ moves back to the grad's device
-                off += n
+        """Average ``.grad`` over processes in place (:func:`diger.distributed.average_gradients`)."""
+        collectives.average_gradients(params)
 
     def barrier(self) -> None:
         """Wait for every process (no-op with one)."""
-        if self.world > 1:
-            torch.distributed.barrier()
+        collectives.barrier()
 
 
 def _dist_env() -> bool:

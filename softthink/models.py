@@ -13,12 +13,12 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
+
+from diger.infra import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def convert_gguf(gguf_path: os.PathLike | str, out_dir: Optional[os.PathLike | s
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     logger.info("converting %s to a transformers checkpoint in %s (once)", gguf_path, out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    # another process converting concurrently may finish first: keep its result (if_exists="keep")
+    with atomic_dir(out_dir, if_exists="keep") as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, **_dtype_kw(torch.float32)
@@ -99,15 +99,6 @@ def convert_gguf(gguf_path: os.PathLike | str, out_dir: Optional[os.PathLike | s
             del model.config.quantization_config
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            # another process converted concurrently; keep its result
-            if not (out_dir / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
+from diger.infra import atomic_write
+
 __all__ = ["read_metrics", "plot_run", "PLOTS"]
 
 #: file name -> (metric, y label)
@@ -38,9 +40,6 @@ def read_metrics(run_dir: str | Path) -> List[Dict[str, float]]:
 
 def plot_run(run_dir: str | Path) -> List[Path]:
     """Draw the figures of :data:`PLOTS` into ``run_dir`` (written atomically); returns their paths."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,10 +63,8 @@ def plot_run(run_dir: str | Path) -> List[Path]:
         ax.set_title(f"{run_dir.name}: {key}")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=run_dir)
-        os.close(fd)
-        fig.savefig(tmp, dpi=110)
+        with atomic_write(run_dir / name, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110)
         plt.close(fig)
-        os.replace(tmp, run_dir / name)
         out.append(run_dir / name)
     return out

@@ -11,9 +11,6 @@ import copy
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from diger.infra import atomic_write_text  # noqa: F401 (re-exported: softthink.trainer.atomic_write_text)
+from diger.infra import atomic_dir, atomic_write_text  # noqa: F401 (re-exported: softthink.trainer.atomic_write_text)
 
 from .checkpoint import FORMAT, LAST, CheckpointError, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from .config import SoftGRPOConfig
@@ -729,22 +726,8 @@ class SoftGRPOTrainer:
         import yaml
 
         path = Path(path or Path(self.args.output_dir) / "model")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             self.model.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
             (tmp / "softthink_config.yaml").write_text(yaml.safe_dump(self.args.to_dict(), sort_keys=False))
-            if path.exists():
-                old = path.with_name(path.name + ".old")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path

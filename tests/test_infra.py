@@ -73,3 +73,42 @@ def test_softthink_set_reads_exponents_as_numbers_like_diger_run():
     assert _parse_overrides(["learning_rate=1e-6", "num_generations=4"]) == {"learning_rate": 1e-06, "num_generations": 4}
     with pytest.raises(SystemExit, match="--set expects key=value"):
         _parse_overrides(["learning_rate"])
+
+
+def test_atomic_dir_replaces_keeps_and_rolls_back(tmp_path):
+    from diger.infra import atomic_dir
+
+    d = tmp_path / "model"
+    with atomic_dir(d) as tmp:
+        (tmp / "w.txt").write_text("v1")
+    assert (d / "w.txt").read_text() == "v1"
+    with pytest.raises(RuntimeError):  # an error inside the block leaves the old folder untouched
+        with atomic_dir(d) as tmp:
+            (tmp / "w.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (d / "w.txt").read_text() == "v1"
+    with atomic_dir(d) as tmp:  # replace: the new folder, nothing of the old one
+        (tmp / "x.txt").write_text("v2")
+    assert sorted(p.name for p in d.iterdir()) == ["x.txt"]
+    with atomic_dir(d, if_exists="keep") as tmp:  # keep: someone else's finished folder wins
+        (tmp / "y.txt").write_text("v3")
+    assert sorted(p.name for p in d.iterdir()) == ["x.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary or .old folder left
+    with pytest.raises(ValueError, match="if_exists"):
+        with atomic_dir(d, if_exists="merge"):
+            pass
+
+
+def test_rng_state_survives_a_plain_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from diger.infra import atomic_torch_save, load_plain_checkpoint, rng_state, set_rng_state
+
+    torch.manual_seed(3), np.random.seed(4), random.seed(5)
+    atomic_torch_save({"rng": rng_state()}, tmp_path / "last.pth")
+    want = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    set_rng_state(load_plain_checkpoint(tmp_path / "last.pth", owner="test")["rng"])  # weights_only load
+    got = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
