@@ -14,6 +14,9 @@ same history length and full-ranking evaluation (``--config_files``, default con
 read first; then the arm's own config; then, for the semantic-ID arms only, ``--sid_config_files``). Prints a markdown table of
 test Recall@5/10 and NDCG@5/10 (mean +- std over seeds) and the level-1 codebook usage of the
 semantic-ID models; raw results go to ``--out`` as JSON.
+
+The semantic-ID arms pre-train their tokenizer once per seed (``sid_seed`` = the run's seed), so the spread over
+seeds includes stage 0; ``--override sid_seed=2020`` gives every seed the one pre-training ``diger run`` shares.
 """
 from __future__ import annotations
 
@@ -82,6 +85,9 @@ def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Pa
     paths = files + [str(ROOT / "configs" / f) for f in cfg_files]
     if model in SEMANTIC_ID_MODELS:
         paths += list(sid_files)
+        # one pre-training per seed, so that the seed spread includes stage 0 (--override sid_seed=N shares one)
+        if "sid_seed" not in (overrides or {}):
+            cfg["sid_seed"] = seed
     run_dir.mkdir(parents=True, exist_ok=True)
     out = subprocess.run([sys.executable, "-c", code, model, dataset, json.dumps(paths), json.dumps(cfg)],
                          capture_output=True, text=True, cwd=run_dir, env=env)

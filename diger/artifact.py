@@ -36,7 +36,7 @@ FILES = ("artifact.json", "item_embeddings.npz", "tokenizer.pt", "sid_table.csv"
 SID_KEYS = ("tokenizer", "encoder_layers", "e_dim", "code_levels", "code_num", "suffix_size", "vq_beta",
             "rqvae_epochs", "rqvae_lr", "rqvae_weight_decay", "rqvae_batch_size", "rqvae_eval_every",
             "kmeans_init", "kmeans_iters", "sid_sinkhorn", "sk_epsilon", "sk_iters", "rqvae_path", "sid_table_file",
-            "seed")
+            "sid_seed")
 #: Settings the model's shapes depend on: a loaded artifact must agree with the run on these.
 SHAPE_KEYS = ("tokenizer", "encoder_layers", "e_dim", "code_levels", "code_num", "suffix_size")
 
@@ -45,11 +45,32 @@ class ArtifactError(ValueError):
     """A semantic-ID artifact folder is missing, incomplete, corrupted or does not fit the run."""
 
 
+def stage0_seed(config) -> int:
+    """The seed of stage 0 (RQ-VAE initialisation, k-means, pre-training order): ``sid_seed``, or the run's ``seed``
+    when ``sid_seed`` is ``~``.
+
+    With the default ``sid_seed`` (2020, RecBole's default ``seed``) runs of every ``seed`` share one pre-training
+    (one ``auto`` artifact) and differ only in the recommender; ``sid_seed: ~`` pre-trains once per run seed.
+
+    Raises:
+        ValueError: when ``sid_seed`` is not a non-negative integer.
+    """
+    s = config["sid_seed"] if "sid_seed" in config else None
+    if s is None:
+        return int(config["seed"])
+    if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+        raise ValueError(f"config key 'sid_seed' must be a non-negative integer or ~ (the run's seed), got {s!r}")
+    return int(s)
+
+
 def sid_settings(config) -> Dict:
-    """The :data:`SID_KEYS` values of a RecBole config as plain JSON data (``None`` for unset keys)."""
+    """The :data:`SID_KEYS` values of a RecBole config as plain JSON data (``None`` for unset keys; ``sid_seed``
+    resolved by :func:`stage0_seed`)."""
     from .compat import to_plain
 
-    return {k: to_plain(config[k] if k in config else None) for k in SID_KEYS}
+    out = {k: to_plain(config[k] if k in config else None) for k in SID_KEYS}
+    out["sid_seed"] = stage0_seed(config)
+    return out
 
 
 def sid_columns(levels: int) -> List[str]:
@@ -529,17 +550,19 @@ def _published_stage0(config, item_tokens: Sequence[str]) -> SemanticIDArtifact:
 def _trained_stage0(config, item_tokens: Sequence[str], emb: np.ndarray) -> SemanticIDArtifact:
     """Tokenizer (pre-trained RQ-VAE, RQ-KMeans or ``rqvae_path``) and Sinkhorn SID table of ``emb [N+1, D]``.
 
-    The tokenizer's initial weights are drawn from torch's global generator and the generator is then restored,
-    so the model built afterwards draws exactly what it drew when stage 0 ran inside its constructor.
+    The tokenizer's initial weights are drawn from torch's global generator seeded with :func:`stage0_seed` and
+    the generator is then restored, so the model built afterwards draws what it would draw without stage 0 (with
+    ``sid_seed`` equal to ``seed`` the draws are those of stage 0 run inside the model's constructor).
     """
     from .tokenizer import RQTokenizer, add_collision_suffix, pretrain_tokenizer
 
     x = torch.from_numpy(np.ascontiguousarray(emb[1:], dtype=np.float32))
     levels, k = int(config["code_levels"]), int(config["code_num"])
-    seed, kmeans = int(config["seed"]), str(config["kmeans_init"])
+    seed, kmeans = stage0_seed(config), str(config["kmeans_init"])
     sk = {"sinkhorn": bool(config["sid_sinkhorn"]), "sk_epsilon": float(config["sk_epsilon"]),
           "sk_iters": int(config["sk_iters"])}
     with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         tok = RQTokenizer(x.shape[1], list(config["encoder_layers"]), int(config["e_dim"]), [k] * levels,
                           float(config["vq_beta"]), kind=str(config["tokenizer"]))
     path = config["rqvae_path"] if "rqvae_path" in config else None

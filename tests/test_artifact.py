@@ -48,6 +48,27 @@ def test_auto_artifact_is_built_once_and_reused(toy_root, monkeypatch):
     assert len(list((toy_root / "cache" / "sid").iterdir())) == 3
 
 
+def test_every_seed_shares_one_pretraining_unless_sid_seed_is_unset(toy_root, monkeypatch):
+    import diger.tokenizer as tokenizer
+
+    base = _run(toy_root, "s2020", seed=2020)  # default sid_seed 2020: builds the one shared artifact
+    with monkeypatch.context() as m:
+        m.setattr(tokenizer, "pretrain_tokenizer", lambda *a, **k: pytest.fail("pre-trained for another seed"))
+        other = _run(toy_root, "s2021", seed=2021)  # another run seed: same stage 0, another T5
+    assert other["semantic_ids"]["tokenizer_pretraining"]["sid_artifact"] == \
+        base["semantic_ids"]["tokenizer_pretraining"]["sid_artifact"]
+    t = [torch.load(r["checkpoint"], weights_only=True)["state_dict"]["sid_table"] for r in (base, other)]
+    assert torch.equal(t[0], t[1])
+    # sid_seed ~ ties stage 0 to the run seed: seed 2021 pre-trains its own tokenizer (a second artifact),
+    # and seed 2020 with sid_seed ~ is the run above exactly
+    own = _run(toy_root, "own2021", seed=2021, sid_seed=None, sid_artifact=None)
+    assert not torch.equal(t[0], torch.load(own["checkpoint"], weights_only=True)["state_dict"]["sid_table"])
+    assert _run(toy_root, "own2020", seed=2020, sid_seed=None)["test_result"] == base["test_result"]
+    for bad in (-1, 1.5, "x", True):
+        with pytest.raises(ValueError, match="sid_seed"):
+            _run(toy_root, f"bad{bad}", sid_seed=bad)
+
+
 def test_sid_build_cli_and_explicit_artifact(toy_root, capsys):
     from diger.artifact import ArtifactError, load_artifact
     from diger.cli import main
