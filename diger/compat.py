@@ -1,4 +1,4 @@
-"""RecBole 1.2.1 compatibility shims, applied once and idempotently (ECOSYSTEM.md §2).
+"""RecBole 1.2.1 compatibility shims (numpy 2, setuptools >= 81, torch >= 2.6), applied once and idempotently.
 
 Import this module before importing anything from ``recbole``; every RecBole-facing module of
 ``diger`` does. It fixes, in order:
@@ -13,7 +13,8 @@ Import this module before importing anything from ``recbole``; every RecBole-fac
    turns a ``Config`` into a JSON-able dict for that.
 4. RecBole writes ``./log`` and ``./log_tensorboard`` into the working directory: callers choose
    the working directory (tests run in a temp dir); nothing to patch here.
-5. Distributed training (``nproc``/``world_size``/``ip``/``port``/``offset``, ECOSYSTEM.md §1.9):
+5. Distributed training (``nproc``/``world_size``/``ip``/``port``/``offset``, from RecBole's ``run`` in
+   ``recbole/quick_start/quick_start.py``):
    RecBole hard-codes NCCL and CUDA in ``Config._init_device`` and
    ``DistributedDataParallel(device_ids=[local_rank])`` in ``AbstractTrainer.__init__``. The
    patched versions pick ``nccl`` on CUDA and ``gloo`` on CPU (``dist_backend`` overrides), skip

@@ -1,18 +1,19 @@
-"""Uncertainty-decay strategies: how much Gumbel noise each code assignment gets (DIGER-method.md §7, §13.4).
+"""Uncertainty-decay strategies: how much Gumbel noise each code assignment gets (DIGER, arXiv 2601.19711).
 
 All strategies are ``nn.Module``s so their state (usage EMAs, learnable sigmas, step counters)
 lives in the model's ``state_dict`` and survives checkpoints. The quantiser asks, per level,
 ``noise_scale(level, c_det)`` for a ``[n]`` tensor of noise scales (0 = deterministic) and reports
-the deterministic codes with ``observe(level, c_det)`` after using them.
+the deterministic codes with ``observe(level, c_det)`` after using them. Official code: ``junchen-fu/DIGER``
+``vq.py`` (FrqUD's usage EMA, ``AutoSigmaSimple``, ``AutoSigmaGumbel``).
 
 * ``NoNoise``          - s = 0 (``ste`` and ``det_softmax_st`` modes).
 * ``ScheduledNoise``   - s = schedule(step) for every assignment (``gumbel`` mode; constant by default).
 * ``FrqUD``            - s = 1 for assignments whose deterministic code is over-used
-  (``usage_ema[c_det] > rho / K``), else 0 (§7.1). The mask is computed from the EMA *before*
+  (``usage_ema[c_det] > rho / K``), else 0. The mask is computed from the EMA *before*
   this batch's update. Under DDP the counts are all-reduced before the update (identical EMAs on every rank).
 * ``SDUD``             - s = clamp(|sigma_l|, 1e-5, 100) for every assignment, 0 when below 1e-4;
-  one learnable sigma per level (§7.2).
-* ``SDUDFrqUD``        - s = hot * clamp(|sigma_l|) (§7.3).
+  one learnable sigma per level.
+* ``SDUDFrqUD``        - s = hot * clamp(|sigma_l|).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ class ScheduledNoise(UncertaintyDecay):
 
 
 class FrqUD(UncertaintyDecay):
-    """Frequency-based uncertainty decay (DIGER-method.md §7.1).
+    """Frequency-based uncertainty decay, FrqUD (DIGER, arXiv 2601.19711; official ``junchen-fu/DIGER`` ``vq.py``).
 
     ``f_l <- m f_l + (1-m) bincount(c_det, K)/n`` (init 1/K); assignment ``i`` is *hot* (noisy,
     s = 1) iff ``f_l[c_det_i] > rho/K``. With ``granularity="item_level1"`` (historical parity) every
@@ -153,7 +154,7 @@ class FrqUD(UncertaintyDecay):
 
 
 class SDUD(UncertaintyDecay):
-    """Standard-deviation-based uncertainty decay (DIGER-method.md §7.2).
+    """Standard-deviation-based uncertainty decay, SDUD (DIGER, arXiv 2601.19711; official ``AutoSigmaSimple``).
 
     One learnable ``sigma_l`` per level; ``s_l = clamp(|sigma_l|, 1e-5, 100)``, disabled below 1e-4.
     ``loss(L)`` is ``L / (2 (|sigma_bar| + lam)^2) + log(|sigma_bar| + lam)``, whose minimiser over
@@ -186,7 +187,7 @@ class SDUD(UncertaintyDecay):
 
     @staticmethod
     def ud_objective(rec_loss: torch.Tensor, sigma_bar: torch.Tensor, lam: float) -> torch.Tensor:
-        """``L_UD = L / (2 (|sigma| + lam)^2) + log(|sigma| + lam)`` (§7.2)."""
+        """``L_UD = L / (2 (|sigma| + lam)^2) + log(|sigma| + lam)`` (official ``vq.py`` ``AutoSigmaSimple``)."""
         a = sigma_bar.abs() + lam
         return rec_loss / (2 * a * a) + torch.log(a)
 
@@ -201,7 +202,7 @@ class SDUD(UncertaintyDecay):
 
 
 class SDUDFrqUD(FrqUD):
-    """FrqUD's mask selects the noisy assignments, SDUD's sigma sets their scale (§7.3)."""
+    """FrqUD's mask selects the noisy assignments, SDUD's sigma sets their scale (DIGER's SDUD+FrqUD)."""
 
     def __init__(self, num_levels: int, codebook_size: int, rho: float = 1.5, momentum: float = 0.99,
                  granularity: str = "per_level", sigma0: float = 2.0, lam: float = 1.7,
@@ -228,8 +229,8 @@ ASSIGN_MODES = ("ste", "det_softmax_st", "gumbel", "frqud", "sdud", "sdud_frqud"
 def build_decay(mode: str, num_levels: int, codebook_size: int, config=None) -> UncertaintyDecay:
     """The decay strategy for an assignment ``mode`` (one of :data:`ASSIGN_MODES`), reading
     ``frq_rho``, ``frq_momentum``, ``mask_granularity``, ``sdud_sigma0``, ``sdud_lambda``,
-    ``noise_schedule`` from ``config`` (a RecBole ``Config`` or dict; missing keys take the defaults
-    of DIGER-method.md §13.5).
+    ``noise_schedule`` from ``config`` (a RecBole ``Config`` or dict; missing keys take DIGER's Beauty
+    settings, as in the official release script ``scripts/run_experiment.sh``).
 
     Raises:
         ValueError: for an unknown mode (naming the allowed ones) or an out-of-range value.

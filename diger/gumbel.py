@@ -4,7 +4,7 @@ Pure torch; importing this module never imports RecBole, so ``softthink`` and us
 on its own. All randomness accepts an optional :class:`torch.Generator`, and every computation
 runs in float32 (or the input's wider dtype) even under bf16 autocast.
 
-Equations (notation of DIGER-method.md §6.2 and SofT-GRPO-method.md §3-4):
+Equations (as used by DIGER, arXiv 2601.19711, and SofT-GRPO, Zheng & Lee, arXiv 2511.06411):
 
 * Gumbel(0, 1) sample: ``g = -log(-log U)``, ``U ~ Uniform(0, 1)`` (Gumbel 1954; Jang et al. 2017).
 * Gumbel-softmax: ``y_soft = softmax((l + s*g) / tau)``; Gumbel-max: ``argmax(l + g) ~ Categorical(softmax(l))``.
@@ -60,7 +60,8 @@ def sample_gumbel(
         generator: optional generator for reproducible draws (its device must match ``device``).
         device: output device (default: the generator's device, else CPU).
         dtype: float32 or float64.
-        clamp: optional ``(lo, hi)`` truncation; SofT-GRPO uses ``(-1.5, 3.0)`` (SofT-GRPO-method.md §3.3).
+        clamp: optional ``(lo, hi)`` truncation; SofT-GRPO (arXiv 2511.06411) uses ``(-1.5, 3.0)``, hard-coded
+            in its official rollout sampler (``sglang/srt/layers/sampler.py``) and loss.
 
     Returns:
         Tensor of ``shape``; mean ``EULER_GAMMA``, variance ``pi**2 / 6`` when unclamped.
@@ -95,8 +96,9 @@ def gumbel_log_density(
     """Elementwise Gumbel(loc, scale) log-density ``-z - exp(-z) - log(scale)``, ``z = (x - loc)/scale``.
 
     Equals ``torch.distributions.Gumbel(loc, scale).log_prob(x)``; used for the SofT-GRPO soft-token
-    likelihood of the recovered noise (SofT-GRPO-method.md §4.2). Broadcasts like torch ops; the
-    result has the broadcast shape and is computed in float32 (float64 if ``x`` is float64).
+    likelihood of the recovered noise (SofT-GRPO, arXiv 2511.06411; official ``logprobs_from_logits_topk_gumbel``
+    in ``verl/utils/torch_functional.py``). Broadcasts like torch ops; the result has the broadcast shape and is
+    computed in float32 (float64 if ``x`` is float64).
     """
     work = _compute_dtype(x.dtype)
     x = x.to(work)
@@ -110,7 +112,7 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """Straight-through estimator ``hard - soft.detach() + soft``.
 
     The forward value equals ``hard``; the gradient flows to ``soft`` as if the output were ``soft``
-    (Bengio et al. 2013; DIGER-method.md §6.2). Shapes must broadcast; output has ``soft``'s shape.
+    (Bengio et al. 2013; DIGER, arXiv 2601.19711). Shapes must broadcast; output has ``soft``'s shape.
     """
     return hard - soft.detach() + soft
 
@@ -143,7 +145,7 @@ def gumbel_softmax(
     generator: Optional[torch.Generator] = None,
     clamp: Optional[Tuple[float, float]] = None,
 ) -> GumbelSample:
-    """Straight-through Gumbel-softmax over the last dimension (DIGER-method.md §6.2).
+    """Straight-through Gumbel-softmax over the last dimension (DIGER, arXiv 2601.19711; official ``vq.py``).
 
     ``y_soft = softmax((logits + s * g) / tau)``, ``index = argmax(y_soft)``, forward hard, backward soft.
 
@@ -183,7 +185,7 @@ def gumbel_softmax(
 
 
 # ---------------------------------------------------------------------------------------------
-# Schedules for a noise scale or a temperature (DIGER-method.md §6.2, §7.4; §13.2).
+# Schedules for a noise scale or a temperature (options of the official DIGER code, unused in its release scripts).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -248,7 +250,7 @@ class LinearSchedule(Schedule):
 
 
 class ExponentialSchedule(Schedule):
-    """``v(t) = max(v_min, v0 * exp(-rate * t))`` (DIGER's unused tau annealing, §6.2)."""
+    """``v(t) = max(v_min, v0 * exp(-rate * t))`` (the official DIGER code's unused tau annealing)."""
 
     def __init__(self, v0: float, rate: float, vmin: float = 0.0) -> None:
         super().__init__()
@@ -261,7 +263,10 @@ class ExponentialSchedule(Schedule):
 
 
 class CosineSchedule(Schedule):
-    """``v(t) = v_end + (v0 - v_end) * 0.5 * (1 + cos(pi * min(t, total) / total))`` (DIGER §7.4)."""
+    """``v(t) = v_end + (v0 - v_end) * 0.5 * (1 + cos(pi * min(t, total) / total))``.
+
+    The official DIGER code's cosine noise schedule (an option its release scripts do not use).
+    """
 
     def __init__(self, v0: float, total: int, v_end: float = 0.0) -> None:
         super().__init__()

@@ -1,6 +1,7 @@
-"""Residual k-means codebook initialisation with FAISS (DIGER-method.md §13.7, ECOSYSTEM.md §4).
+"""Residual k-means codebook initialisation with FAISS (``faiss.Kmeans`` per level, on the full item table).
 
-Also the RQ-KMeans tokenizer's core: fit K centroids, assign, subtract, repeat per level.
+Also the RQ-KMeans tokenizer's core: fit K centroids, assign, subtract, repeat per level. The official DIGER and
+ETEGRec code (``vq.py``) instead fits scikit-learn ``KMeans`` lazily on the first training batch of each rank.
 """
 from __future__ import annotations
 

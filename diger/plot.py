@@ -1,4 +1,8 @@
-"""``diger plot RUN_DIR``: codebook-health figures from a run's ``result.json`` (DIGER-method.md §11)."""
+"""``diger plot RUN_DIR``: codebook-health figures from a run's ``result.json``.
+
+Code usage and collisions per epoch, the evidence for or against codebook collapse (DIGER, Fu et al., SIGIR 2026,
+arXiv 2601.19711).
+"""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""One residual-quantisation level: distances, code assignment in every mode, VQ loss (DIGER-method.md §6, §13.3)."""
+"""One residual-quantisation level: distances, code assignment in every mode, VQ loss (DIGER, arXiv 2601.19711)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ class LevelOut:
 
 
 class VectorQuantizer(nn.Module):
-    """Codebook ``E [K, d]`` of one level with every assignment mode of DIGER-method.md §13.3.
+    """Codebook ``E [K, d]`` of one level with DIGER's assignment modes and ablation arms (official ``vq.py``).
 
     Modes: ``ste`` (classic VQ straight-through), ``det_softmax_st`` (softmax straight-through, no
     noise), ``gumbel`` / ``frqud`` / ``sdud`` / ``sdud_frqud`` (Gumbel straight-through with the
@@ -80,12 +80,13 @@ class VectorQuantizer(nn.Module):
         sk_iters: int = 50,
         noise_mult: float = 1.0,
     ) -> LevelOut:
-        """Assign residuals ``r [n, d]`` to codes (DIGER-method.md §6.2, table of §13.3).
+        """Assign residuals ``r [n, d]`` to codes (straight-through Gumbel-softmax of DIGER, arXiv 2601.19711).
 
         ``logit_source="raw"`` (``true_e2e``): logits ``-d``, deterministic code ``argmin d``.
         ``"normalized"``: logits ``-d~`` (batch-normalised to ``[-1, 1]``), code ``argmin d``.
-        ``"sinkhorn_normalized"`` (``historical`` parity, §6.1): logits ``-d~`` with ``d`` normalised
-        over the batch to ``[-1, 1]``, deterministic code = Sinkhorn argmax over the batch.
+        ``"sinkhorn_normalized"`` (``historical`` parity: the official ``vq.py`` with ``sk_epsilon > 0``): logits
+        ``-d~`` with ``d`` normalised over the batch to ``[-1, 1]``, deterministic code = Sinkhorn argmax over
+        the batch.
         ``noise_mult`` multiplies every noise scale of ``decay`` (1.0 = the paper's unit Gumbel noise).
         """
         if mode not in ASSIGN_MODES:

@@ -1,4 +1,8 @@
-"""Balanced code assignment with Sinkhorn-Knopp (DIGER-method.md §4 step 2, §15)."""
+"""Balanced code assignment with Sinkhorn-Knopp (DIGER, arXiv 2601.19711; official ``vq.py`` ``sinkhorn_algorithm``).
+
+The assignment is balanced over the batch, so an item's code depends on the other items: run it on the whole
+catalogue, in float64 and without noise, as ``Trainer.get_code`` of the official ``trainer.py`` does.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,9 +1,11 @@
-"""RQ-VAE semantic-ID tokenizer: MLP encoder/decoder, residual codebooks, SID table (DIGER-method.md §4, §13.3).
+"""RQ-VAE semantic-ID tokenizer: MLP encoder/decoder, residual codebooks, SID table (DIGER, arXiv 2601.19711).
 
 Semantic ID layout: ``L`` residual codes ``c_1..c_L`` (each in ``[0, K_l)``) plus a last collision
 suffix ``c_{L+1}`` in ``[0, suffix_size)`` that numbers items sharing the same ``L``-code prefix in
 item-id order, so every item's semantic ID is unique. The SID table is ``[N+1, L+1]`` long, row 0
 (RecBole's ``[PAD]``) is ``-1``.
+
+Official code: ``junchen-fu/DIGER`` ``vq.py`` (RQ-VAE) and ``trainer.py`` (``Trainer.get_code``, the SID table).
 """
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def sid_table_hash(table: torch.Tensor) -> str:
 
 
 def codebook_stats(sids: torch.Tensor, num_codes: Sequence[int], previous: Optional[torch.Tensor] = None) -> Dict:
-    """Codebook health of a SID table (DIGER-method.md §11).
+    """Codebook health of a SID table (the code-utilisation and collapse diagnostics of DIGER, arXiv 2601.19711).
 
     Args:
         sids: ``[N, L+1]`` (no pad row) codes; the last column is the suffix.
@@ -157,10 +159,11 @@ TOKENIZER_KINDS = ("rqvae", "rqkmeans")
 class RQTokenizer(nn.Module):
     """Residual-quantisation tokenizer: ``z = Enc(x)``, ``L`` residual quantisers, ``x^ = Dec(z^)``.
 
-    ``kind="rqvae"`` (DIGER-method.md §4): MLP encoder/decoder, trained by :func:`pretrain_tokenizer`.
-    ``kind="rqkmeans"`` (TIGER-style baselines, ECOSYSTEM.md §4): identity encoder (``z = x``), the
-    codebooks are the residual k-means centroids of ``x`` and are not trained; ``layers`` and
-    ``e_dim`` are ignored.
+    ``kind="rqvae"`` (DIGER, arXiv 2601.19711, with LETTER's RQ-VAE recipe): MLP encoder/decoder, trained by
+    :func:`pretrain_tokenizer`.
+    ``kind="rqkmeans"`` (TIGER-style baselines; TIGER: Rajput et al., NeurIPS 2023, arXiv 2305.05065; residual
+    k-means semantic IDs as in GRID, ``snap-research/GRID``): identity encoder (``z = x``), the codebooks are the
+    residual k-means centroids of ``x`` and are not trained; ``layers`` and ``e_dim`` are ignored.
 
     Args:
         in_dim: item-embedding dimension ``D``.
@@ -243,7 +246,7 @@ class RQTokenizer(nn.Module):
         return z, levels, z_hat
 
     def pretrain_loss(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RQ-VAE pre-training loss ``MSE(Dec(z^), x) + mean VQ loss`` with classic STE (§4); returns (total, recon, vq)."""
+        """RQ-VAE pre-training loss ``MSE(Dec(z^), x) + mean VQ loss`` with classic STE; returns (total, recon, vq)."""
         z, levels, z_hat = self(x, mode="ste")
         recon = F.mse_loss(self.decoder(z_hat), x)
         vq = torch.stack([lv.vq_loss.mean() for lv in levels]).sum()
@@ -251,7 +254,7 @@ class RQTokenizer(nn.Module):
 
     @torch.no_grad()
     def kmeans_init(self, x: torch.Tensor, *, niter: int = 20, seed: int = 2020, backend: str = "faiss") -> None:
-        """Set every level's codebook to the residual k-means centroids of ``Enc(x)`` (§13.7)."""
+        """Set every level's codebook to the residual k-means centroids of ``Enc(x)`` (FAISS, full item table)."""
         z = self.encoder(x).cpu().numpy()
         books, _ = residual_kmeans(z, self.num_codes, niter=niter, seed=seed, backend=backend)
         for vq, b in zip(self.quantizers, books):
@@ -261,9 +264,9 @@ class RQTokenizer(nn.Module):
     def get_codes(self, x: torch.Tensor, *, sinkhorn: bool = True, sk_epsilon: float = 0.003, sk_iters: int = 50) -> torch.Tensor:
         """Deterministic ``[n, L]`` codes of the full catalogue ``x [n, D]`` (eval mode, no noise).
 
-        With ``sinkhorn`` each level is a float64 Sinkhorn-balanced assignment over all ``n`` items
-        (§4 step 2); otherwise the argmin-distance code. Runs on one thread (:func:`one_thread`), so the
-        codes do not depend on the thread count.
+        With ``sinkhorn`` each level is a float64 Sinkhorn-balanced assignment over all ``n`` items (as
+        ``Trainer.get_code`` in the official DIGER ``trainer.py``); otherwise the argmin-distance code. Runs on one
+        thread (:func:`one_thread`), so the codes do not depend on the thread count.
         """
         was_training = self.training
         self.eval()
@@ -306,10 +309,10 @@ def pretrain_tokenizer(
     sk_iters: int = 50,
     show_progress: bool = False,
 ) -> Dict:
-    """Pre-train the RQ-VAE on item embeddings ``x [N, D]`` (DIGER-method.md §4), in place.
+    """Pre-train the RQ-VAE on item embeddings ``x [N, D]`` in place (recipe of DIGER's official ``scripts/rqvae/``).
 
     k-means init of every level (unless ``kmeans == "none"``), AdamW with a linear LR decay, and
-    the state with the lowest collision rate (ties: lower loss) kept, as in LETTER's trainer.
+    the state with the lowest collision rate (ties: lower loss) kept, as in LETTER's ``RQ-VAE/trainer.py``.
 
     Runs on one torch thread (:func:`one_thread`): the same seed gives the same RQ-VAE on any thread count.
 

@@ -1,9 +1,9 @@
-"""T5 encoder-decoder over semantic-ID tokens, shared by TIGER and DIGER (DIGER-method.md §5, §13.3).
+"""T5 encoder-decoder over semantic-ID tokens, shared by TIGER and DIGER (DIGER, arXiv 2601.19711).
 
 Tokens enter as embeddings: one table per code position (``C = L + 1`` positions, the last being
 the collision suffix), so the history ``[B, H]`` items become ``[B, H*C]`` token embeddings
 (item-major), and the decoder predicts the ``C`` codes of the next item with logits tied to the
-per-position tables.
+per-position tables. The design is ETEGRec's, as in the official DIGER code (``junchen-fu/DIGER`` ``model.py``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import T5Config, T5Model
 
-from .fast_t5 import FastT5Model
+from .fast_t5 import DROPOUT_IMPLS, FastT5Model
 from .trie import SIDTrie
 
 #: ``backbone`` values: ``fast`` (:class:`~diger.models.fast_t5.FastT5Model`, the default) and ``hf_t5``
@@ -40,9 +40,11 @@ class GenRec(nn.Module):
         backbone: ``fast`` (default) or ``hf_t5`` (:data:`BACKBONES`). The weights are drawn by
             ``transformers.T5Model`` in both cases, so one seed gives the same initial model, and the
             state dicts (``t5.*``) are interchangeable.
+        dropout_impl: ``torch`` (default; HF's dropout masks) or ``bits`` (``fast`` only:
+            :func:`diger.models.fast_t5.bits_dropout`, cheaper masks from another random stream).
 
     Raises:
-        ValueError: an unknown ``backbone``.
+        ValueError: an unknown ``backbone`` or ``dropout_impl``, or ``dropout_impl: bits`` with ``hf_t5``.
 
     Shapes: history codes ``[B, H, C]`` (``-1`` = padding) -> encoder ``[B, H*C, d_model]``;
     decoder input ``[B, C, d_model]`` (``[BOS, c_1..c_{C-1}]``) -> logits, one ``[B, K_j]`` per position.
@@ -50,10 +52,14 @@ class GenRec(nn.Module):
 
     def __init__(self, vocab_sizes: Sequence[int], *, d_model: int = 128, d_ff: int = 512, num_heads: int = 4,
                  d_kv: int = 32, num_layers: int = 2, num_decoder_layers: int = 2, dropout: float = 0.1,
-                 max_positions: int = 512, backbone: str = "fast") -> None:
+                 max_positions: int = 512, backbone: str = "fast", dropout_impl: str = "torch") -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        if dropout_impl not in DROPOUT_IMPLS:
+            raise ValueError(f"dropout_impl must be one of {DROPOUT_IMPLS}, got {dropout_impl!r}")
+        if dropout_impl != "torch" and backbone != "fast":
+            raise ValueError(f"dropout_impl {dropout_impl!r} needs backbone: fast (hf_t5 uses torch's dropout)")
         self.backbone = backbone
         self.vocab_sizes = [int(v) for v in vocab_sizes]
         self.num_positions = len(self.vocab_sizes)
@@ -66,6 +72,7 @@ class GenRec(nn.Module):
             with torch.device("meta"):  # no weights drawn: the random stream stays the one of hf_t5
                 fast = FastT5Model(cfg)
             fast.load_state_dict(self.t5.state_dict(), assign=True)
+            fast.dropout_impl = dropout_impl
             self.t5 = fast
         self.d_model = d_model
         self.code_emb = nn.ModuleList([nn.Embedding(k, d_model) for k in self.vocab_sizes])
@@ -131,7 +138,7 @@ class GenRec(nn.Module):
 
         With ``constrained`` the beams are restricted to prefixes present in ``trie`` (so every
         final beam is a distinct, valid item); otherwise decoding is free and beams that are not
-        items map to ``-1`` (DIGER parity, §3).
+        items map to ``-1`` (DIGER parity: ``my_beam_search`` in the official ``model.py`` is unconstrained).
 
         Returns:
             ``(items [B, num_beams] long, scores [B, num_beams])`` in descending score order; invalid
