@@ -9,7 +9,8 @@
 Grid: every (size, threads, model, amp, backbone); ``--backbones`` applies to TIGER/DIGER only (the config key
 ``backbone``: ``hf_t5`` = the HuggingFace ``T5Model``, ``fast`` = the package's own T5; the pseudo-backbone
 ``before`` = ``hf_t5`` with autograd anomaly mode on, as every training step ran before ``diger.compat`` undid the
-global anomaly mode that importing RecBole's SINE model turns on), other models get one row.
+global anomaly mode that importing RecBole's SINE model turns on; ``fast_bits`` = ``fast`` with
+``dropout_impl: bits``, dropout masks from bulk random bits), other models get one row.
 ``--amp bf16`` passes ``enable_amp: True`` and runs the bench's training step (loss computation) under
 ``torch.autocast(dtype=torch.bfloat16)``; evaluation runs as the model itself decides. Sizes:
 
@@ -62,6 +63,8 @@ REFERENCE_BACKBONE = "hf_t5"
 #: before ``diger.compat`` undid the global ``torch.autograd.set_detect_anomaly(True)`` of RecBole's SINE module
 #: (the state issue 14 measured). Evaluation is unaffected (no autograd).
 BEFORE_BACKBONE = "before"
+#: Pseudo-backbone ``fast_bits``: ``fast`` with ``dropout_impl: bits`` (diger.models.fast_t5.bits_dropout).
+BITS_BACKBONE = "fast_bits"
 #: Short tokenizer pre-training for every size: only the construction time depends on it.
 FAST_TOKENIZER = {"rqvae_epochs": 2}
 SIZES = {
@@ -152,6 +155,8 @@ def measure(model: str, dataset: str, config: dict, steps: int, profile: bool = 
     if before:  # hf_t5 as this package ran it before the compat fix: RecBole's SINE import left anomaly mode on
         backbone = REFERENCE_BACKBONE
         torch.autograd.set_detect_anomaly(True)
+    if backbone == BITS_BACKBONE:
+        backbone, config = "fast", dict(config, dropout_impl="bits")
     if backbone is not None:
         config["backbone"] = backbone
     cfg = make_config(model, dataset, None, config)
@@ -320,7 +325,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=["SASRec", "TIGER", "DIGER"])
     ap.add_argument("--backbones", nargs="+", default=["hf_t5", "fast"],
                     help="values of the config key `backbone` for TIGER/DIGER (hf_t5 = HuggingFace T5Model, fast = ours); "
-                         "`before` = hf_t5 with autograd anomaly mode on, the training step before the compat fix")
+                         "`before` = hf_t5 with autograd anomaly mode on, the training step before the compat fix; "
+                         "`fast_bits` = fast with dropout_impl bits")
     ap.add_argument("--amp", nargs="+", default=["off"], choices=["off", "bf16"],
                     help="bf16: enable_amp True and the training loss under torch.autocast(bfloat16)")
     ap.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES),

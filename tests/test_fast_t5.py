@@ -168,3 +168,45 @@ def test_same_seed_same_training_losses_both_backbones():
         losses[bb] = out
     assert losses["hf_t5"][0] != losses["hf_t5"][-1]
     assert max(abs(a - b) for a, b in zip(losses["hf_t5"], losses["fast"])) < 1e-4
+
+
+def test_bits_dropout_rate_scale_gradient_and_seed():
+    from diger.models.fast_t5 import bits_dropout, keep_mask
+
+    torch.manual_seed(0)
+    keep = keep_mask((400, 500), 0.1, torch.device("cpu"))
+    # 200,000 Bernoulli(0.9) draws: the drop rate is 0.1 within 5 standard errors (0.00067 each)
+    assert abs((~keep).float().mean().item() - 0.1) < 5 * (0.1 * 0.9 / keep.numel()) ** 0.5
+    # rows and columns carry no pattern (the 16-bit chunks of one word are independent)
+    assert (~keep).float().mean(0).std() < 0.03 and (~keep).float().mean(1).std() < 0.03
+    x = torch.randn(64, 33, requires_grad=True)
+    torch.manual_seed(1)
+    y = bits_dropout(x, 0.25)
+    y.backward(torch.ones_like(y))
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.75) and torch.equal(x.grad, kept.float() / 0.75)
+    torch.manual_seed(1)
+    assert torch.equal(bits_dropout(x, 0.25), y)  # same seed, same masks
+    assert bits_dropout(x, 0.0) is x
+    with pytest.raises(ValueError, match="p must be in"):
+        bits_dropout(x, 1.0)
+
+
+def test_dropout_impl_bits_trains_fast_only():
+    hf, fast = _pair(dropout=0.1)
+    x, y, mask = _inputs(b=2, n=8, t=3)
+    fast.dropout_impl = "bits"
+    fast.eval()  # inference: no dropout, the same function as torch's dropout_impl
+    ref = fast(x, mask, y)
+    fast.dropout_impl = "torch"
+    assert torch.equal(ref, fast(x, mask, y))
+    fast.dropout_impl = "bits"
+    fast.train()
+    torch.manual_seed(2)
+    a = fast(x, mask, y)
+    torch.manual_seed(2)
+    assert torch.equal(a, fast(x, mask, y)) and not torch.equal(a, ref)
+    with pytest.raises(ValueError, match="needs backbone: fast"):
+        GenRec([4, 4], backbone="hf_t5", dropout_impl="bits")
+    with pytest.raises(ValueError, match="dropout_impl must be one of"):
+        GenRec([4, 4], dropout_impl="fastest")

@@ -32,6 +32,52 @@ from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
 
+#: ``dropout_impl`` values: ``torch`` (``F.dropout``: HF's masks, bit for bit) and ``bits`` (:func:`bits_dropout`).
+DROPOUT_IMPLS = ("torch", "bits")
+
+
+def keep_mask(shape: Tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """Bool ``shape`` mask, each entry False with probability ``round(p * 65536) / 65536`` (independently).
+
+    Drawn as 16-bit integers sliced from full-range 64-bit random words of torch's default generator (one
+    ``random_`` call), which on CPU costs about a sixth of ``bernoulli_`` (bench/speed_rec.py ``--dropout_impl``).
+    ``p`` is quantised to 1/65536 (0.1 -> 0.1000061).
+    """
+    n = 1
+    for s in shape:
+        n *= int(s)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
+    return words.view(torch.int16)[:n].view(shape) >= (-32768 + round(p * 65536))
+
+
+class _BitsDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+        keep = keep_mask(tuple(x.shape), p, x.device)
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return torch.where(keep, x, 0).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, g, 0).mul_(ctx.scale), None
+
+
+def bits_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout of ``x`` (any shape) with masks from :func:`keep_mask`: ``x * keep / (1 - p)``.
+
+    The same distribution as ``F.dropout(x, p, True)`` up to the 1/65536 quantisation of ``p``, but another
+    random stream, so runs differ from ``dropout_impl: torch`` bit for bit (ours; not in HF or the papers).
+
+    Raises:
+        ValueError: ``p`` outside ``[0, 1)``.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"bits_dropout: p must be in [0, 1), got {p}")
+    return x if p == 0.0 else _BitsDropout.apply(x, p)
+
+
 class _RMSNorm(nn.Module):
     """T5's layer norm (scale only, no mean subtraction), as one ``F.rms_norm`` call."""
 
@@ -149,6 +195,7 @@ class FastT5Model(nn.Module):
                              f"{config.feed_forward_proj!r}; use backbone: hf_t5")
         self.config = config
         self.p = float(config.dropout_rate)
+        self.dropout_impl = "torch"  # or "bits" (DROPOUT_IMPLS); set by GenRec
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
         self.encoder = _Stack(config, config.num_layers, False, self.shared)
         self.decoder = _Stack(config, config.num_decoder_layers, True, self.shared)
@@ -156,7 +203,9 @@ class FastT5Model(nn.Module):
 
     # ----- helpers ----------------------------------------------------------------------------
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
-        return F.dropout(x, self.p, self.training) if self.p > 0 else x
+        if self.p == 0 or not self.training:
+            return x
+        return bits_dropout(x, self.p) if self.dropout_impl == "bits" else F.dropout(x, self.p, True)
 
     def _position_bias(self, stack: _Stack, q_len: int, k_len: int, bidirectional: bool, offset: int = 0) -> torch.Tensor:
         """Relative position bias ``[1, H, q_len, k_len]`` of ``stack`` (queries at ``offset..offset+q_len-1``)."""
@@ -182,7 +231,7 @@ class FastT5Model(nn.Module):
         """T5 attention (no 1/sqrt(d) scaling): ``softmax(q k^T + bias)`` (dropout in training) ``@ v``."""
         if self.training and self.p > 0:
             w = torch.softmax((q @ k.transpose(-1, -2) + bias).float(), dim=-1).to(q.dtype)
-            return F.dropout(w, self.p, True) @ v
+            return self._drop(w) @ v
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
 
     def _ff(self, layer: _FFLayer, h: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from recbole.utils import InputType
 
 from ..artifact import model_stage0, resolve_stage0, save_artifact
 from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats
+from .fast_t5 import DROPOUT_IMPLS
 from .genrec import BACKBONES, GenRec
 from .trie import SIDTrie
 
@@ -55,7 +56,7 @@ class SemanticIDRecommender(SequentialRecommender):
     ``text_model``, ``encoder_layers``, ``e_dim``, ``code_levels``, ``code_num``, ``suffix_size``,
     ``vq_beta``, ``rqvae_*`` (pre-training), ``kmeans_init``, ``sk_epsilon``, ``sk_iters``, T5 sizes
     (``t5_layers``, ``t5_decoder_layers``, ``d_model``, ``d_ff``, ``num_heads``, ``d_kv``,
-    ``dropout``), ``backbone`` (``fast`` | ``hf_t5``, :data:`diger.models.genrec.BACKBONES`), ``num_beams``, ``constrained_decoding``, ``topk``.
+    ``dropout``), ``backbone`` (``fast`` | ``hf_t5``, :data:`diger.models.genrec.BACKBONES`), ``dropout_impl`` (``torch`` | ``bits``), ``num_beams``, ``constrained_decoding``, ``topk``.
 
     Raises:
         ValueError: ``num_beams < max(topk)``, ``code_num < 2`` or a bad ``code_levels``.
@@ -90,6 +91,11 @@ class SemanticIDRecommender(SequentialRecommender):
         backbone = str(_cfg(config, "backbone"))
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        impl = str(_cfg(config, "dropout_impl"))
+        if impl not in DROPOUT_IMPLS:
+            raise ValueError(f"dropout_impl must be one of {DROPOUT_IMPLS}, got {impl!r}")
+        if impl != "torch" and backbone != "fast":
+            raise ValueError(f"dropout_impl: {impl} needs backbone: fast, got backbone: {backbone}")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -131,7 +137,7 @@ class SemanticIDRecommender(SequentialRecommender):
             num_layers=int(_cfg(config, "t5_layers")),
             num_decoder_layers=int(_cfg(config, "t5_decoder_layers")),
             dropout=float(_cfg(config, "dropout")),
-            backbone=self.backbone,
+            backbone=self.backbone, dropout_impl=str(_cfg(config, "dropout_impl")),
         )
 
     #: Multi-process training (diger.compat, DistributedDataParallel): the SID table, item embeddings and
