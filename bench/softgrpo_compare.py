@@ -1,4 +1,4 @@
-"""SofT-GRPO vs discrete GRPO vs the Gaussian-embedding baseline, in miniature (SofT-GRPO-method.md §7, §8).
+"""SofT-GRPO vs discrete GRPO vs the Gaussian-embedding baseline, in miniature (arXiv 2511.06411, 2509.19170).
 
 For each method and seed: train from the same base model with the same budget (steps, prompts, group size,
 optimiser), then evaluate pass@1 / pass@k (unbiased, k up to ``--num-samples``) on the same held-out problems with

@@ -9,7 +9,9 @@ Public API (mirrors TRL's ``GRPOConfig`` / ``GRPOTrainer``)::
 Modules: ``config`` (SoftGRPOConfig), ``sampling`` (filters, Gumbel soft tokens, densities), ``rollout`` (KV-cached
 soft/discrete generation), ``replay`` (per-position log-likelihoods), ``grpo`` (advantages, loss), ``rewards``,
 ``data`` (reasoning-gym), ``models`` (GGUF conversion, loading), ``trainer``, ``distributed`` (several
-processes), ``checkpoint`` (``last.pth`` for ``--resume``), ``evaluate`` (pass@k), ``plot``, ``cli``. Method reference: SofT-GRPO-method.md (arXiv 2511.06411).
+processes), ``checkpoint`` (``last.pth`` for ``--resume``), ``evaluate`` (pass@k), ``plot``, ``cli``.
+
+Method: SofT-GRPO, Zheng & Lee, arXiv 2511.06411; official code ``zz1358m/SofT-GRPO-master``.
 """
 __version__ = "0.1.0"
 

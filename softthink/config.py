@@ -4,10 +4,10 @@ Field names follow TRL's ``GRPOConfig`` where TRL has the concept (``num_generat
 ``epsilon_high``, ``temperature``, ``top_p``, ``top_k``, ``max_completion_length``, ``learning_rate``,
 ``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``generation_batch_size``, ``num_iterations``,
 ``scale_rewards``, ``max_grad_norm``, ``logging_steps``, ``output_dir``, ``seed``). Defaults are the paper's
-values (SofT-GRPO-method.md §6, §7, §11.2) unless a comment says otherwise; note TRL's own defaults differ
-(``beta`` 0, ``loss_type`` "dapo").
+values (SofT-GRPO, arXiv 2511.06411: the official ``SofT-GRPO-deepscaler-8k.sh`` over verl's ``ppo_trainer.yaml``)
+unless a comment says otherwise; note TRL's own defaults differ (``beta`` 0, ``loss_type`` "dapo").
 
-Batch layout of one training step (SofT-GRPO-method.md §11.6):
+Batch layout of one training step:
 ``generation_batch_size`` completions = ``generation_batch_size / num_generations`` prompts, each repeated
 ``num_generations`` times contiguously; they are split without shuffling into optimiser mini-batches of
 ``per_device_train_batch_size * gradient_accumulation_steps`` completions, each processed in micro-batches of
@@ -33,7 +33,7 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class SoftGRPOConfig:
-    """Configuration of :class:`softthink.trainer.SoftGRPOTrainer` (SofT-GRPO-method.md §11.2).
+    """Configuration of :class:`softthink.trainer.SoftGRPOTrainer` (TRL ``GRPOConfig`` names where they exist).
 
     Raises:
         ValueError: from ``__post_init__`` when a field is out of range or fields are inconsistent; the
@@ -105,7 +105,7 @@ class SoftGRPOConfig:
     after_thinking_top_p: float = _f(0.95, "answer-phase nucleus (1 = off)")
     after_thinking_min_p: float = _f(0.0, "answer-phase min-p (0 = off)")
 
-    # --- soft thinking (SofT-GRPO-method.md §3, §4, §7) ----------------------------------------------
+    # --- soft thinking (SofT-GRPO, arXiv 2511.06411; official SofT-GRPO-deepscaler-8k.sh) ------------
     soft_thinking: bool = _f(True, "True: Gumbel soft tokens until the think end; False: discrete GRPO")
     soft_top_k: int = _f(5, "K, number of token embeddings mixed per soft step")
     gumbel_tau: float = _f(0.1, "temperature tau_g of the mixture weights softmax(y / tau_g)")
@@ -135,7 +135,7 @@ class SoftGRPOConfig:
     lora_dropout: float = _f(0.0, "LoRA dropout (0 keeps rollout and replay deterministic)")
     lora_target_modules: Optional[List[str]] = _f(None, "module names for LoRA (None = 'all-linear')")
 
-    # --- think boundary (SofT-GRPO-method.md §3.5, §10) ----------------------------------------------
+    # --- think boundary (soft tokens until the think end; official think_end_str "</think>") ----------
     think_end: str = _f("</think>", "end-of-thinking marker (a single token, or a string with a budget)")
     max_think_tokens: Optional[int] = _f(None, "thinking budget; needed when think_end is not one token")
     answer_prefix: str = _f("", "text fed as forced ordinary tokens right after the think end (answer cue)")

@@ -1,6 +1,6 @@
 """Data parallelism for :class:`softthink.trainer.SoftGRPOTrainer` over ``accelerate`` / ``torch.distributed``.
 
-Layout (TRL's ``GRPOTrainer`` convention, ECOSYSTEM.md §5): ``generation_batch_size`` is the *global* number
+Layout (as TRL's ``GRPOTrainer``, ``trl/trainer/grpo_trainer.py``): ``generation_batch_size`` is the *global* number
 of completions per step; every process runs the same prompt order and takes its own prompts; each prompt's
 whole group of ``num_generations`` completions is generated, scored and trained on one process (groups are
 never split). Rewards are gathered, group advantages are computed over the gathered rewards in global prompt

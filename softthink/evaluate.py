@@ -1,7 +1,8 @@
-"""Evaluation: N samples per held-out problem, pass@1 and the unbiased pass@k (SofT-GRPO-method.md §8).
+"""Evaluation: N samples per held-out problem, pass@1 and the unbiased pass@k (SofT-GRPO, arXiv 2511.06411).
 
 ``pass@k = 1 - C(n - c, k) / C(n, k)`` (Chen et al. 2021), computed in the stable product form
-``1 - prod_{i=n-c+1}^{n} (1 - k / i)``; averaged over problems. ``k > n`` is an error, never clipped.
+``1 - prod_{i=n-c+1}^{n} (1 - k / i)``; averaged over problems. ``k > n`` is an error, never clipped (the
+official ``run_sglang_softthinking.py`` counts a problem solved if any of the first ``min(k, n)`` samples is).
 
 Sample ``j`` of problem ``i`` draws from its own generator seeded with ``prompt_seed(seed, i, j)``
 (:func:`softthink.distributed.prompt_seed`, as training seeds each prompt), so results do not depend on the batch
@@ -58,8 +59,9 @@ def pass_at_k_binomial(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-#: Inference modes of ``softthink eval`` and the config fields each one sets (SofT-GRPO-method.md §2.1, §2.2, §7,
-#: §8). ``"discrete"`` and ``"soft"`` keep the run's own sampling settings (the training distribution).
+#: Inference modes of ``softthink eval`` and the config fields each one sets (Soft Thinking, arXiv 2505.15778;
+#: Gumbel soft thinking, Wu et al., arXiv 2508.03440; SofT-GRPO, arXiv 2511.06411). ``"discrete"`` and ``"soft"``
+#: keep the run's own sampling settings (the training distribution).
 INFERENCE_MODES: Dict[str, Dict[str, Any]] = {
     # ordinary token sampling, same think boundary / budget / answer prefix as the run
     "discrete": {"soft_thinking": False},
@@ -93,7 +95,7 @@ SETTINGS_FIELDS = (
 
 def mode_config(cfg: SoftGRPOConfig, mode: str, *, cold_stop_entropy: Optional[float] = None,
                 cold_stop_steps: Optional[int] = None) -> SoftGRPOConfig:
-    """The config of inference ``mode`` (one of :data:`INFERENCE_MODES`; SofT-GRPO-method.md §8).
+    """The config of inference ``mode`` (one of :data:`INFERENCE_MODES`).
 
     Every mode keeps the run's think boundary, thinking budget and answer prefix. Cold Stop (thinking ends after
     ``cold_stop_steps`` consecutive steps whose entropy of ``softmax(logits / T)`` is below ``cold_stop_entropy``

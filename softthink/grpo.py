@@ -1,12 +1,13 @@
-"""GRPO pieces: group advantages, k3 KL, PPO clip with dual clip, token-mean loss (SofT-GRPO-method.md §5, §6).
+"""GRPO pieces: group advantages, k3 KL, PPO clip with dual clip, token-mean loss (verl's ``core_algos.py``).
 
 Pure tensor functions with documented shapes, returning ``(loss, metrics)`` like verl's registered losses.
 
 Loss normalisation: the loss of an optimiser step is the token mean (or the sequence mean) over *all* of the
 step's completions, whatever their split into micro-batches and processes: each micro-batch's loss is its sum
 divided by the step's total (:func:`loss_normalizer` summed over the micro-batches and all-reduced over the
-processes). verl 0.4 (the paper's stack, SofT-GRPO-method.md §5) divides each micro-batch's own token mean by
-the number of micro-batches instead, which weighs the tokens of short micro-batches more.
+processes). verl 0.4 (the stack of SofT-GRPO, arXiv 2511.06411; ``verl/trainer/ppo/core_algos.py``) divides each
+micro-batch's own token mean by the number of micro-batches instead, which weighs the tokens of short micro-batches
+more.
 
 Unscorable completions (every reward function returned None, TRL's "not applicable") carry a NaN reward: they
 are left out of their group's mean and std (:func:`group_advantages`, TRL's ``nanmean`` / ``nanstd``) and get
@@ -47,7 +48,7 @@ def nanstd(x: torch.Tensor, dim: Optional[int] = None, keepdim: bool = False) ->
 
 def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale: str = "group",
                      eps: float = 1e-6) -> torch.Tensor:
-    """GRPO advantages ``A_j = (R_j - mean_group) / (std_group + eps)`` (SofT-GRPO-method.md §6, §11.3.6).
+    """GRPO advantages ``A_j = (R_j - mean_group) / (std_group + eps)`` (verl ``compute_grpo_outcome_advantage``).
 
     NaN rewards (unscorable completions: every reward function returned None) are left out of their group's mean
     and std, as TRL's ``nanmean`` / ``nanstd`` do, and get advantage 0; e.g. ``[nan, 1, 0, 1]`` gives
@@ -87,7 +88,7 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale: str 
 def k3_kl(ell: torch.Tensor, ell_ref: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
     """Per-token k3 ("low_var_kl") estimate ``exp(d) - d - 1``, ``d = ell_ref - ell``, clamped to ``±clamp``.
 
-    Shapes ``[B, L]`` (any broadcastable); >= 0 and 0 where ``ell == ell_ref`` (SofT-GRPO-method.md §5).
+    Shapes ``[B, L]`` (any broadcastable); >= 0 and 0 where ``ell == ell_ref`` (verl's ``low_var_kl``).
     """
     d = ell_ref - ell
     return (torch.exp(d) - d - 1.0).clamp(-clamp, clamp)
@@ -123,7 +124,7 @@ def policy_loss(
     loss_type: str = "token_mean",
     normalizer: Optional[float] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """PPO-clip loss with dual clip and k3 KL, aggregated per token or per sequence (SofT-GRPO-method.md §5, §11.5).
+    """PPO-clip loss with dual clip and k3 KL, aggregated per token or per sequence (verl ``compute_policy_loss``).
 
     ``r = exp(ell - ell_old)``; ``pg = max(-A r, -A clip(r, 1-eps, 1+eps_high))``; where ``A < 0``,
     ``pg = min(pg, -c A)``; ``loss = (agg(pg) + beta * agg(k3(ell, ell_ref))) / normalizer``, where ``agg`` sums

@@ -1,9 +1,9 @@
 """Soft-token noise variants behind one interface, used by both the rollout and the replay.
 
-Variants (``SoftGRPOConfig.soft_noise``; SofT-GRPO-method.md §2, §2.4, §7, §10 "Ablation input mismatch"):
+Variants (``SoftGRPOConfig.soft_noise``; SofT-GRPO, arXiv 2511.06411, its official ablations and baselines):
 
 * ``"gumbel"`` (SofT-GRPO, default): ``y = log(p~ + eps) + beta * g``, ``g ~ Gumbel(0, 1)`` clamped;
-  weights ``softmax(y / tau_g)``; density: mean Gumbel log-density of the recovered noise (§4.2).
+  weights ``softmax(y / tau_g)``; density: mean Gumbel log-density of the recovered noise.
 * ``"dirichlet"`` (official ablation ``-dir``): ``w ~ Dirichlet(alpha * p~)`` over the rollout support
   (Gamma draws normalised); weights ``w``; density: ``log Dirichlet(w; alpha * p~_theta)`` over the support.
   The official code scores per-coordinate Gamma densities of the un-normalised draws instead (and rebuilds
@@ -12,11 +12,11 @@ Variants (``SoftGRPOConfig.soft_noise``; SofT-GRPO-method.md §2, §2.4, §7, §
 * ``"gaussian"`` (official ablation ``-gau``): ``x ~ N(p~, sigma^2)`` on the support; weights ``x / sum x``;
   density: ``log N(x; p~_theta, sigma)`` reduced (mean/sum) over the support ids with
   ``log p~_theta > density_mask_threshold``.
-* ``"embedding_gaussian"`` (Butt et al. 2025, "Soft Tokens, Hard Truths", §2.3): the input is
+* ``"embedding_gaussian"`` (Butt et al. 2025, "Soft Tokens, Hard Truths", arXiv 2509.19170): the input is
   ``h = sum_k p~_k E[id_k] + sigma_e * n``, ``n ~ N(0, I_D)``; density ``log N(h; sum_k p~_theta,k E[id_k],
   sigma_e^2 I)`` reduced (mean/sum) over the ``D`` dimensions (``sum`` is the exact joint density).
   ``sigma_e = embed_noise_std * RMS(E)`` of the rollout model's input-embedding matrix.
-* ``"none"`` (plain Soft Thinking, Zhang et al. 2025, §2.1; inference only): weights ``p~`` (probability-
+* ``"none"`` (plain Soft Thinking, Zhang et al. 2025, arXiv 2505.15778; inference only): weights ``p~`` (probability-
   weighted top-K embeddings), no noise, no density.
 
 Every variant records ``y [.., K]`` such that ``weights(y)`` reproduces the rollout's mixture weights bit for
@@ -68,7 +68,7 @@ def _support_probs(lk: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 
 
 class SoftNoise:
-    """Interface of a noise variant (SofT-GRPO-method.md §2.4, §11.3).
+    """Interface of a noise variant.
 
     Methods used by the rollout: :meth:`sample`, :meth:`embed_noise`; by both rollout and replay:
     :meth:`weights` and :meth:`loglik`.
@@ -83,7 +83,7 @@ class SoftNoise:
         self.cfg = cfg
 
     def sample(self, probs: torch.Tensor, k: int, generator: Optional[torch.Generator]) -> NoiseSample:
-        """Draw one soft token per row (SofT-GRPO-method.md §3.2-3.3).
+        """Draw one soft token per row (SofT-GRPO, arXiv 2511.06411; official ``sampler.py``).
 
         Args:
             probs: ``[B, V']`` filtered probabilities (zeros outside top-k / top-p); ``V' >= k``.
@@ -124,7 +124,7 @@ class SoftNoise:
 
 
 class GumbelNoise(SoftNoise):
-    """SofT-GRPO's Gumbel noise on the top-K log-probabilities (SofT-GRPO-method.md §3.3, §4.2)."""
+    """SofT-GRPO's Gumbel noise on the top-K log-probabilities (arXiv 2511.06411; official ``sampler.py``)."""
 
     name = "gumbel"
     sort_by_y = True  # softmax(y / tau) is monotone in y; sorting y avoids ties where w underflows
@@ -151,7 +151,7 @@ class GumbelNoise(SoftNoise):
 
 
 class DirichletNoise(SoftNoise):
-    """Dirichlet resampling of the top-K probabilities (official ablation, SofT-GRPO-method.md §2.4)."""
+    """Dirichlet resampling of the top-K probabilities (official ablation ``SofT-GRPO-deepscaler-8k-dir.sh``)."""
 
     name = "dirichlet"
 
@@ -179,7 +179,7 @@ class DirichletNoise(SoftNoise):
 
 
 class GaussianTopkNoise(SoftNoise):
-    """Gaussian noise on the top-K probabilities (official ablation, SofT-GRPO-method.md §2.4)."""
+    """Gaussian noise on the top-K probabilities (official ablation ``SofT-GRPO-deepscaler-8k-gau.sh``)."""
 
     name = "gaussian"
 
@@ -202,7 +202,7 @@ class GaussianTopkNoise(SoftNoise):
 
 
 class EmbeddingGaussianNoise(SoftNoise):
-    """Gaussian noise on the input embedding (Butt et al. 2025; SofT-GRPO-method.md §2.3)."""
+    """Gaussian noise on the input embedding (Butt et al. 2025, arXiv 2509.19170)."""
 
     name = "embedding_gaussian"
     embedding_noise = True
@@ -234,7 +234,7 @@ class EmbeddingGaussianNoise(SoftNoise):
 
 
 class NoNoise(SoftNoise):
-    """Plain Soft Thinking: probability-weighted top-K embeddings, no noise (SofT-GRPO-method.md §2.1)."""
+    """Plain Soft Thinking: probability-weighted top-K embeddings, no noise (Zhang et al. 2025, arXiv 2505.15778)."""
 
     name = "none"
     has_density = False
@@ -266,6 +266,6 @@ def make_noise(cfg) -> SoftNoise:
 
 
 def embedding_rms(model) -> float:
-    """RMS of the input-embedding matrix (the unit of ``embed_noise_std``; SofT-GRPO-method.md §2.3)."""
+    """RMS of the input-embedding matrix: the unit of ``embed_noise_std`` (Butt et al., arXiv 2509.19170)."""
     w = model.get_input_embeddings().weight.detach().float()
     return float(w.pow(2).mean().sqrt())

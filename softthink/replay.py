@@ -1,10 +1,11 @@
-"""Replay: per-position log-likelihood of a stored trajectory in one forward pass (SofT-GRPO-method.md §4, §11.5).
+"""Replay: per-position log-likelihood of a stored trajectory in one forward pass (SofT-GRPO, arXiv 2511.06411).
 
 The same function gives the old, reference and new likelihoods (call it under ``torch.no_grad()`` for the first
 two). Soft steps are scored with the density of the configured noise variant over the stored ids
 (:mod:`softthink.noise`; Gumbel by default: :func:`softthink.sampling.soft_token_loglik`); discrete steps with
 the ordinary token log-prob. No ``[B, L, V]`` log-softmax is built: the log-normaliser is computed in chunks
-over ``L`` and only the ``K + 1`` needed logits are gathered.
+over ``L`` and only the ``K + 1`` needed logits are gathered. The official code replays in ``_forward_micro_batch``
+of ``verl/workers/actor/dp_actor.py``.
 """
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ __all__ = ["build_replay_inputs", "replay_loglik"]
 
 def build_replay_inputs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, traj: Trajectory,
                         cfg: SoftGRPOConfig):
-    """Input embeddings, attention mask and positions that reproduce the rollout (SofT-GRPO-method.md §11.5).
+    """Input embeddings, attention mask and positions that reproduce the rollout.
 
     The response's last position is not fed (its logits are never needed). Soft positions get exactly the
     rollout's inputs for every noise variant: ``mix(ids, noise.weights(y))`` (+ the recorded embedding noise
-    for ``soft_noise="embedding_gaussian"``), SofT-GRPO-method.md §10 "Ablation input mismatch".
+    for ``soft_noise="embedding_gaussian"``). The official code rebuilds ``softmax(y / tau_g)`` for its Dirichlet
+    and Gaussian ablations too, which differs from the ``x / sum x`` weights they fed at rollout.
 
     Returns:
         ``(inputs_embeds [B, P+L-1, D], attention_mask [B, P+L-1], position_ids [B, P+L-1])``.
@@ -65,7 +67,7 @@ def replay_loglik(
     compute_entropy: bool = False,
     chunk_size: int = 16,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Per-position log-likelihood ``ell [B, L]`` of ``traj`` under ``model`` (SofT-GRPO-method.md §11.5).
+    """Per-position log-likelihood ``ell [B, L]`` of ``traj`` under ``model`` (SofT-GRPO, arXiv 2511.06411).
 
     Args:
         model: the causal LM (policy, old policy or frozen reference).

@@ -1,6 +1,6 @@
 """Reward functions with TRL's signature ``f(prompts, completions, **columns) -> list[float | None]``.
 
-Boxed-answer policy (pinned; ECOSYSTEM.md §8 "Last-box policy", SofT-GRPO-method.md §6):
+Boxed-answer policy (pinned; the last box, like SofT-GRPO's training reward ``verl/utils/reward_score/math_reward.py``):
 
 1. Only the *answer part* is searched: the text after the last occurrence of the think-end marker
    (``think_end`` keyword, default ``"</think>"``) when the completion contains it, else the whole completion.

@@ -1,10 +1,11 @@
-"""Batched KV-cached rollout over ``inputs_embeds`` with Gumbel soft thinking (SofT-GRPO-method.md §3, §11.4).
+"""Batched KV-cached rollout over ``inputs_embeds`` with Gumbel soft thinking (SofT-GRPO, arXiv 2511.06411).
 
 Thinking steps feed the Gumbel-softmax mixture of the top-K token embeddings; after the think-end marker the
 answer is sampled discretely. Prompts are left-padded and every forward gets explicit ``position_ids``, so the
-replay (:func:`softthink.replay.replay_loglik`) sees exactly the same positions.
+replay (:func:`softthink.replay.replay_loglik`) sees exactly the same positions. The official rollout runs in the
+Soft-Thinking SGLang fork (``sglang/srt/layers/sampler.py``, ``update_topk_info`` in ``schedule_batch.py``).
 
-Think boundary (SofT-GRPO-method.md §10, "Think-end for models without a think token"):
+Think boundary (the official rule misfires on models without a single think-end token, see ``last_subtoken``):
 
 * ``think_end`` is a single vocabulary token (``think_end_match="auto"``): thinking ends when the soft token's
   top id is that token; that step is recorded as a one-hot discrete step.
@@ -99,7 +100,7 @@ def _draw(generator, fn, *rows: torch.Tensor):
 
 @dataclass
 class Trajectory:
-    """Response-aligned record of one rollout batch (SofT-GRPO-method.md §11.3.4); ``L`` = longest generation.
+    """Response-aligned record of one rollout batch; ``L`` = longest generation.
 
     Attributes:
         tok: ``[B, L]`` long; the readable token (top id of a soft step, the sampled/forced id otherwise).
@@ -164,7 +165,7 @@ class ThinkEnd:
 
 
 def resolve_think_end(tokenizer, cfg: SoftGRPOConfig) -> ThinkEnd:
-    """Resolve ``cfg.think_end`` against ``tokenizer`` once, at construction (SofT-GRPO-method.md §10).
+    """Resolve ``cfg.think_end`` against ``tokenizer`` once, at construction.
 
     Raises:
         ValueError: if the marker is not a single token, ``think_end_match="auto"`` and no ``max_think_tokens``
@@ -205,7 +206,7 @@ def call_model(model, *, cache=None, logits_to_keep: Optional[int] = None, **kwa
     """Call a causal LM with a KV cache and ``logits_to_keep`` under either transformers API.
 
     transformers >= 5 names the cache argument ``cache`` (``past_key_values`` is deprecated); 4.x uses
-    ``past_key_values`` (SofT-GRPO-method.md §11.4 notes). Returns ``(logits, cache)``; models without
+    ``past_key_values``. Returns ``(logits, cache)``; models without
     ``logits_to_keep`` get their full logits sliced.
     """
     if cache is not None:
@@ -256,7 +257,7 @@ def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
 
 
 class SoftRollout:
-    """KV-cached soft-thinking / discrete generator (SofT-GRPO-method.md §11.4).
+    """KV-cached soft-thinking / discrete generator (SofT-GRPO, arXiv 2511.06411).
 
     Args:
         model: any ``AutoModelForCausalLM``-style module accepting ``inputs_embeds``, ``position_ids`` and a cache.

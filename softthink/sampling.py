@@ -1,6 +1,8 @@
 """Per-step sampling pieces: filtered distributions, Gumbel soft tokens, embedding mixtures, soft-token density.
 
-All noise and densities come from the shared core :mod:`diger.gumbel` (SofT-GRPO-method.md §11.1).
+SofT-GRPO's rollout sampling (Zheng & Lee, arXiv 2511.06411; official code ``zz1358m/SofT-GRPO-master``, the
+Soft-Thinking SGLang fork's ``sglang/srt/layers/sampler.py``). All noise and densities come from the shared core
+:mod:`diger.gumbel`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ __all__ = ["filter_distribution", "filter_sparse", "SoftToken", "gumbel_soft_tok
 def filter_distribution(
     logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
 ) -> torch.Tensor:
-    """Filtered next-token probabilities (SofT-GRPO-method.md §3.2, §11.3.1).
+    """Filtered next-token probabilities (SofT-GRPO, arXiv 2511.06411; official ``sampler.py``).
 
     ``softmax(logits / T)`` in float32; keep the ``top_k`` largest (0 = all) and renormalise; then keep the
     smallest prefix whose mass *before* each token is ``< top_p`` and renormalise; then drop tokens below
@@ -79,7 +81,7 @@ def filter_sparse(
 
 @dataclass
 class SoftToken:
-    """One Gumbel soft token per row (SofT-GRPO-method.md §3.3-3.4).
+    """One Gumbel soft token per row (SofT-GRPO, arXiv 2511.06411; official ``sampler.py``).
 
     Attributes:
         ids: ``[B, K]`` long, token ids sorted by descending mixture weight (``ids[:, 0]`` is the readable token).
@@ -103,7 +105,7 @@ def gumbel_soft_token(
     eps: float = 1e-6,
     generator: Optional[torch.Generator] = None,
 ) -> SoftToken:
-    """Gumbel-perturbed top-K soft token (SofT-GRPO-method.md §3.2-3.3, §11.3.2).
+    """Gumbel-perturbed top-K soft token (SofT-GRPO, arXiv 2511.06411; official ``sampler.py``, Gumbel branch).
 
     ``(p~, ids) = topk(probs, K)``, ``p~ /= sum p~``; ``g ~ Gumbel(0, 1)`` clamped to ``clamp``
     (:func:`diger.gumbel.sample_gumbel`); ``y = log(p~ + eps) + beta * g``; ``w = softmax(y / tau)``; ids, y and
@@ -131,7 +133,9 @@ def gumbel_soft_token(
 
 
 def mix_embeddings(embed: torch.nn.Module, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Embedding mixture ``sum_i w_i * embed(ids_i)`` (SofT-GRPO-method.md §3.4, §11.3.3).
+    """Embedding mixture ``sum_i w_i * embed(ids_i)`` (Soft Thinking, arXiv 2505.15778; SofT-GRPO, 2511.06411).
+
+    The official code mixes in ``weighted_forward`` of ``sglang/srt/layers/vocab_parallel_embedding.py``.
 
     Uses the model's input-embedding *module* (not its raw weight) so models that scale embeddings inside
     the module (e.g. Gemma) get the same inputs as for ordinary tokens.
@@ -156,7 +160,7 @@ def gumbel_density_mean(
     noise_scale: float = 1.0,
     reduce: str = "mean",
 ) -> torch.Tensor:
-    """Gumbel log-density of the recovered noise, reduced over the kept ids (SofT-GRPO-method.md §4.2).
+    """Gumbel log-density of the recovered noise, reduced over the kept ids (SofT-GRPO, arXiv 2511.06411).
 
     ``g' = clamp((y - lp) / beta, lo, hi)``; ``log f = -g' - exp(-g') - log(beta)``
     (:func:`diger.gumbel.gumbel_log_density`); result ``sum(mask * log f) / max(sum mask, 1)`` (``"mean"``,
@@ -201,12 +205,13 @@ def soft_token_loglik(
     reduce: str = "mean",
     renorm_support: str = "topk",
 ) -> torch.Tensor:
-    """Soft-token log-likelihood from the logits of the recorded ids (SofT-GRPO-method.md §4.2, §11.5).
+    """Soft-token log-likelihood from the logits of the recorded ids (SofT-GRPO, arXiv 2511.06411).
 
     ``lp~ = log(softmax(lk) + eps)`` with the softmax over the K recorded ids (``renorm_support="topk"``, the
     paper) or over the rollout support only (``"rollout_support"``; the full-vocabulary normaliser cancels
     either way); mask ``m = lp~ > mask_threshold`` (and ``support`` under ``"rollout_support"``); then
-    :func:`gumbel_density_mean`.
+    :func:`gumbel_density_mean`. Official code: ``logprobs_from_logits_topk_gumbel`` in
+    ``verl/utils/torch_functional.py``.
 
     Args:
         lk: ``[..., K]`` logits (already divided by the temperature) of the recorded ids.

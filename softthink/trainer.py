@@ -1,6 +1,6 @@
 """``SoftGRPOTrainer``: SofT-GRPO (Gumbel soft thinking) and discrete GRPO in one small loop.
 
-Data flow per step (SofT-GRPO-method.md §11.6): prompts -> rollout (:mod:`softthink.rollout`) -> rewards
+Data flow per step: prompts -> rollout (:mod:`softthink.rollout`) -> rewards
 (:mod:`softthink.rewards`, TRL signature) -> group advantages -> replayed log-likelihoods
 (:mod:`softthink.replay`) -> clipped loss (:mod:`softthink.grpo`) -> AdamW step. Metrics use TRL's names plus
 ``soft/*`` ones and are written as one JSON line per step to ``<output_dir>/metrics.jsonl``.
@@ -269,7 +269,7 @@ def _row_stats(traj: Trajectory) -> torch.Tensor:
 
 
 class SoftGRPOTrainer:
-    """SofT-GRPO / discrete-GRPO trainer for any ``AutoModelForCausalLM`` (SofT-GRPO-method.md §11.6).
+    """SofT-GRPO / discrete-GRPO trainer for any ``AutoModelForCausalLM`` (SofT-GRPO, arXiv 2511.06411).
 
     Args:
         model: the policy (trained in place).
