@@ -1,6 +1,6 @@
 """Shared fixtures for the softthink tests: a tiny random Qwen2 and a WordLevel tokenizer built in code.
 
-Reserved ids (SofT-GRPO-method.md §12): pad 0, bos 1, eos 2, ``</think>`` 3. Nothing is downloaded.
+Reserved ids: pad 0, bos 1, eos 2, ``</think>`` 3. Nothing is downloaded.
 :func:`make_chat_tokenizer` adds a Qwen2.5-base-like chat layout: turns end with ``<|im_end|>`` (id 63), EOS stays
 ``</s>``.
 """

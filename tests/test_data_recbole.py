@@ -16,7 +16,7 @@ QUIET = {"log": lambda m: None}
 
 
 def recbole_dataset(parent, name, **extra):
-    """``create_dataset`` + ``build`` with the SASRec / leave-one-out settings of DIGER-method.md §3."""
+    """``create_dataset`` + ``build`` with the SASRec / leave-one-out settings of DIGER (arXiv 2601.19711)."""
     import diger.compat
 
     diger.compat.apply()

@@ -103,7 +103,7 @@ def test_instruments_has_no_text_but_prepares_interactions(tmp_path):
 
 @needs_shared
 def test_beauty_recbole_leave_one_out(tmp_path, monkeypatch):
-    """RecBole's LS valid_and_test split gives DIGER-method.md §3's sizes (train = inter - 3 users)."""
+    """RecBole's LS valid_and_test split gives the sizes of DIGER's ``check_artifacts.py`` (train = inter - 3 users)."""
     from test_data_recbole import recbole_dataset
 
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""Shared Gumbel core (DIGER-method.md §14.7; issue #2 tests)."""
+"""Shared Gumbel core (issue #2 tests)."""
 import math
 import subprocess
 import sys
