@@ -23,7 +23,7 @@ class DIGER(SemanticIDRecommender):
     Every step tokenises the batch's items with the (frozen-encoder) RQ-VAE in ``assign_mode``
     (``frqud`` by default: Gumbel noise on over-used codes), and:
 
-    * ``gradient_path: true_e2e`` (default; the authors' fix, §8): the recommender sees
+    * ``gradient_path: true_e2e`` (default; the authors' fix in the official ``gradient-fix`` branch): the recommender sees
       ``A = onehot(c_cached) - sg(P) + P`` for history inputs, decoder inputs and soft targets,
       so the recommendation loss reaches every codebook level through the soft assignment ``P``.
     * ``gradient_path: historical`` (paper parity): the recommender sees the cached integer SIDs;
@@ -63,7 +63,7 @@ class DIGER(SemanticIDRecommender):
         noise_mult = float(_cfg(config, "noise_mult"))
         super().__init__(config, dataset)
         self.gradient_path, self.assign_mode, self.tau = gradient_path, assign_mode, tau
-        # Temperature schedule (DIGER fixes tau; schedules are an option, §6.2): tau(t) from gumbel_tau_schedule.
+        # Temperature schedule (DIGER fixes tau; schedules are an option of ours): tau(t) from gumbel_tau_schedule.
         self.tau_schedule = make_schedule(self.tau if _cfg(config, "gumbel_tau_schedule") is None else _cfg(config, "gumbel_tau_schedule"))
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
         source = str(_cfg(config, "logit_source"))
@@ -76,7 +76,7 @@ class DIGER(SemanticIDRecommender):
         self.w_recon = float(_cfg(config, "w_recon"))
         self.w_vq = float(_cfg(config, "w_vq"))
         self.decay = build_decay(self.assign_mode, self.code_levels, self.code_num, config)
-        # Only the codebooks (and sigma) learn on the tokenizer side (§9 stage 1).
+        # Only the codebooks (and sigma) learn on the tokenizer side (official DIGER ``trainer.py``, stage 1).
         self.tokenizer.encoder.requires_grad_(False)
         self.tokenizer.decoder.requires_grad_(False)
         self._z_cache = None
@@ -112,7 +112,7 @@ class DIGER(SemanticIDRecommender):
 
     # ----- loss -------------------------------------------------------------------------------
     def _latents(self) -> torch.Tensor:
-        """``z = Enc(x)`` of every item, computed once: encoder and item embeddings are frozen (§9)."""
+        """``z = Enc(x)`` of every item, computed once: encoder and item embeddings are frozen (official DIGER ``trainer.py``)."""
         if self._z_cache is None or self._z_version != self._table_version:
             with torch.no_grad():
                 self._z_cache = self.tokenizer.encoder(self.item_emb)
@@ -126,7 +126,7 @@ class DIGER(SemanticIDRecommender):
         return z, levels, z_hat
 
     def _balance_loss(self, levels) -> torch.Tensor:
-        """``mean_l sum_k |mean_b p_soft[b, k] - 1/K|`` (the official trainer's balance loss, §8)."""
+        """``mean_l sum_k |mean_b p_soft[b, k] - 1/K|`` (the official trainer's balance loss, ``trainer.py``)."""
         k = self.code_num
         return torch.stack([(lv.p_soft.mean(0) - 1.0 / k).abs().sum() for lv in levels]).mean()
 

@@ -182,7 +182,7 @@ class SemanticIDRecommender(SequentialRecommender):
     def _add_nearest_usage(self, stats: Dict) -> Dict:
         """Add ``nearest_used`` (codes used per level by argmin-distance assignment) when the table is Sinkhorn's.
 
-        Sinkhorn rebalances the table and so hides collapse; nearest-code usage shows the codebooks (§11).
+        Sinkhorn rebalances the table and so hides collapse; nearest-code usage shows the codebooks' own health.
         """
         if bool(_cfg(self.config, "sid_sinkhorn")) and not _optional(self.config, "sid_table_file"):
             nearest = self.tokenizer.get_codes(self.item_emb[1:], sinkhorn=False).cpu()
