@@ -23,6 +23,7 @@ import torch
 
 from .config import SoftGRPOConfig
 from .distributed import prompt_seed
+from .noise import make_noise
 from .rewards import get_reward_funcs
 from .rollout import GroupGenerators, NonFiniteLogitsError, SoftRollout, Trajectory
 from .trainer import (_preview, atomic_write_text, check_reward_columns, completion_token_ids, dataset_rows,
@@ -228,7 +229,7 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
                                  "completion": texts[j * n], "correct": ok[j * n]})
     thinks = mcfg.use_thinking
     if thinks and n > 1 and max(distinct) == 1:
-        plain = mcfg.soft_thinking and mcfg.soft_noise == "none"
+        plain = mcfg.soft_thinking and not make_noise(mcfg).has_density
         why = " (plain Soft Thinking thinks deterministically)" if plain else ""
         warnings.warn(f"eval {mode}: all {n} samples of every problem share one thinking trace{why}, so pass@k "
                       "measures only the sampling of the answer", UserWarning, stacklevel=2)

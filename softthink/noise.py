@@ -75,12 +75,17 @@ class SoftNoise:
     """
 
     name = "base"
-    has_density = True
     sort_by_y = False  # order the K ids by the recorded values instead of the weights
     embedding_noise = False
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
+
+    @property
+    def has_density(self) -> bool:
+        """Whether a soft token drawn by this variant has a log-density (:meth:`loglik`): what SofT-GRPO trains on.
+        False for noiseless soft tokens (plain Soft Thinking; Gumbel with ``noise_scale <= 0``)."""
+        return True
 
     def sample(self, probs: torch.Tensor, k: int, generator: Optional[torch.Generator]) -> NoiseSample:
         """Draw one soft token per row (SofT-GRPO, arXiv 2511.06411; official ``sampler.py``).
@@ -129,6 +134,10 @@ class GumbelNoise(SoftNoise):
     name = "gumbel"
     sort_by_y = True  # softmax(y / tau) is monotone in y; sorting y avoids ties where w underflows
 
+    @property
+    def has_density(self) -> bool:
+        return self.cfg.noise_scale > 0
+
     def _draw(self, pk, support, generator):
         from diger.gumbel import sample_gumbel
 
@@ -142,7 +151,7 @@ class GumbelNoise(SoftNoise):
 
     def loglik(self, lk, y, support, **_):
         c = self.cfg
-        if c.noise_scale <= 0:
+        if not self.has_density:
             raise ValueError("soft_noise='gumbel' needs noise_scale > 0 for a density (noiseless soft tokens have "
                              f"none), got noise_scale={c.noise_scale}")
         return soft_token_loglik(lk, y, support, clamp=c.gumbel_clamp, eps=c.logp_eps,
@@ -233,11 +242,14 @@ class EmbeddingGaussianNoise(SoftNoise):
         return dens.mean(-1) if self.cfg.density_reduce == "mean" else dens.sum(-1)
 
 
-class NoNoise(SoftNoise):
+class PlainSoftThinking(SoftNoise):
     """Plain Soft Thinking: probability-weighted top-K embeddings, no noise (Zhang et al. 2025, arXiv 2505.15778)."""
 
     name = "none"
-    has_density = False
+
+    @property
+    def has_density(self) -> bool:
+        return False
 
     def _draw(self, pk, support, generator):
         return pk.clone(), pk.clone()
@@ -250,7 +262,7 @@ class NoNoise(SoftNoise):
                          "cannot be trained with SofT-GRPO")
 
 
-_CLASSES = {c.name: c for c in (GumbelNoise, DirichletNoise, GaussianTopkNoise, EmbeddingGaussianNoise, NoNoise)}
+_CLASSES = {c.name: c for c in (GumbelNoise, DirichletNoise, GaussianTopkNoise, EmbeddingGaussianNoise, PlainSoftThinking)}
 
 
 def make_noise(cfg) -> SoftNoise:

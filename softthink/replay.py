@@ -85,7 +85,7 @@ def replay_loglik(
             Gumbel with ``noise_scale <= 0``).
     """
     noise = make_noise(cfg)
-    if bool(traj.is_soft.any()) and (not noise.has_density or (noise.name == "gumbel" and cfg.noise_scale <= 0)):
+    if bool(traj.is_soft.any()) and not noise.has_density:
         raise ValueError(f"replay_loglik: soft steps need a noise density (soft_noise={cfg.soft_noise!r}, "
                          f"noise_scale={cfg.noise_scale}); a noiseless soft token has none")
     embed = model.get_input_embeddings()

@@ -427,8 +427,7 @@ class SoftRollout:
             temp = torch.where(answer_now, torch.full_like(lg[:, 0], Ta), torch.full_like(lg[:, 0], T))
             scaled = lg / temp[:, None]
             lp_tok = scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1)
-            has_density = noise.has_density and not (noise.name == "gumbel" and cfg.noise_scale <= 0)
-            if cfg.soft_thinking and has_density:
+            if cfg.soft_thinking and noise.has_density:
                 ell_soft = noise.loglik(scaled.gather(-1, ids), y, support, e_ids=embed(ids) if D else None,
                                         emb_noise=en, sigma=sigma)
                 ell = torch.where(soft_now, ell_soft, lp_tok)

@@ -23,6 +23,7 @@ from diger.infra import atomic_dir, atomic_write_text  # noqa: F401 (re-exported
 from .checkpoint import FORMAT, LAST, CheckpointError, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from .config import SoftGRPOConfig
 from .distributed import ProcessLayout, prompt_seed
+from .noise import make_noise
 from .grpo import group_advantages, loss_normalizer, masked_mean, nanstd, policy_loss
 from .replay import replay_loglik
 from .rewards import get_reward_funcs, required_columns
@@ -306,12 +307,12 @@ class SoftGRPOTrainer:
 
     def __init__(self, model, tokenizer, args: SoftGRPOConfig, train_dataset,
                  reward_funcs: Optional[Sequence[Union[str, RewardFunc]]] = None, ref_model=None, peft_config=None):
-        if args.soft_thinking and args.soft_noise == "none":
-            raise ValueError("SoftGRPOConfig.soft_noise='none' (plain Soft Thinking) has no density and cannot be "
-                             "trained; choose 'gumbel', 'dirichlet', 'gaussian' or 'embedding_gaussian'")
-        if args.soft_thinking and args.soft_noise == "gumbel" and args.noise_scale <= 0:
-            raise ValueError("SoftGRPOConfig.noise_scale must be > 0 for SofT-GRPO training (the soft-token "
-                             "likelihood is the Gumbel density of the noise)")
+        if args.soft_thinking and not make_noise(args).has_density:
+            if args.soft_noise == "none":
+                raise ValueError("SoftGRPOConfig.soft_noise='none' (plain Soft Thinking) has no density and cannot "
+                                 "be trained; choose 'gumbel', 'dirichlet', 'gaussian' or 'embedding_gaussian'")
+            raise ValueError(f"SoftGRPOConfig.noise_scale must be > 0 for SofT-GRPO training with soft_noise="
+                             f"{args.soft_noise!r} (the soft-token likelihood is the density of the noise)")
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ValueError("the tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token")
