@@ -208,7 +208,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit("--num-samples must be >= 1")
     from .checkpoint import CheckpointError
     from .rollout import NonFiniteLogitsError
-    from .trainer import RewardFunctionError
+    from .rewards import RewardFunctionError
 
     try:
         return int(a.func(a) or 0)

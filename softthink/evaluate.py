@@ -7,7 +7,7 @@ official ``run_sglang_softthinking.py`` counts a problem solved if any of the fi
 Sample ``j`` of problem ``i`` draws from its own generator seeded with ``prompt_seed(seed, i, j)``
 (:func:`softthink.distributed.prompt_seed`, as training seeds each prompt), so results do not depend on the batch
 size. A sample is correct when the reward named by ``correctness_reward`` (or the only reward) is >= 1; it gets
-exactly the arguments training gives it (:func:`softthink.trainer.score_completions`).
+exactly the arguments training gives it (:func:`softthink.rewards.score_completions`).
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ import torch
 from .config import SoftGRPOConfig
 from .distributed import prompt_seed
 from .noise import make_noise
-from .rewards import get_reward_funcs
+from diger.infra import atomic_write_text
+
+from .prompts import completion_token_ids, dataset_rows, decode_completions, preview, tokenize_prompts
+from .rewards import check_reward_columns, get_reward_funcs, score_completions
 from .rollout import GroupGenerators, NonFiniteLogitsError, SoftRollout, Trajectory
-from .trainer import (_preview, atomic_write_text, check_reward_columns, completion_token_ids, dataset_rows,
-                      decode_completions, score_completions, tokenize_prompts)
 
 __all__ = ["pass_at_k", "pass_at_k_binomial", "mode_config", "evaluate_model", "INFERENCE_MODES", "write_eval",
            "correctness_reward_name", "think_traces"]
@@ -211,7 +212,7 @@ def evaluate_model(model, tokenizer, cfg: SoftGRPOConfig, dataset, *, mode: str,
             b = exc.rows[0]
             raise NonFiniteLogitsError(
                 f"eval {mode}: {exc.what} at completion position {exc.position} of dataset row {row_ids[b]} "
-                f"(prompt {_preview(rep[b]['prompt'])}), sample {b % n} of {n}", exc.position, exc.rows,
+                f"(prompt {preview(rep[b]['prompt'])}), sample {b % n} of {n}", exc.position, exc.rows,
                 exc.what) from None
         texts = decode_completions(tokenizer, traj)
         vals = score_completions(reward, [reward_name], rep, texts, completion_token_ids(traj),

@@ -28,7 +28,18 @@ import re
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
+
+from .prompts import is_conversational, preview
+
+#: A reward function (TRL's signature): keyword arguments in, one float (or None = not applicable) per completion.
+RewardFunc = Callable[..., List[Optional[float]]]
+
 __all__ = [
+    "RewardFunc",
+    "RewardFunctionError",
+    "check_reward_columns",
+    "score_completions",
     "extract_boxed",
     "last_boxed_answer",
     "answer_part",
@@ -241,3 +252,90 @@ def get_reward_funcs(names: Sequence[str]) -> List[Callable[..., List[Optional[f
             raise ValueError(f"reward {n!r} is not callable")
         out.append(f)
     return out
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function raised or returned something unusable; the message names it and the dataset row."""
+
+
+def check_reward_columns(reward_funcs: Sequence[RewardFunc], names: Sequence[str], columns: Sequence[str],
+                         where: str = "train_dataset") -> None:
+    """Check that the dataset has every column the reward functions read (:func:`softthink.rewards.required_columns`).
+
+    Raises:
+        ValueError: naming the reward, the column (and its alternatives), ``where`` and the columns present.
+    """
+    have = set(columns)
+    for f, name in zip(reward_funcs, names):
+        for alts in required_columns(f):
+            if not have & set(alts):
+                need = repr(alts[0]) + "".join(f" or {a!r}" for a in alts[1:])
+                raise ValueError(f"reward {name!r} reads the dataset column {need}, which {where} does not have "
+                                 f"(its columns: {sorted(have)})")
+
+
+def score_completions(reward_funcs: Sequence[RewardFunc], names: Sequence[str], rows: List[Dict[str, Any]],
+                      completions: List[str], completion_ids: List[List[int]], *, think_end: str,
+                      row_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Call each reward function once on the batch, with exactly the arguments of training and ``softthink eval``
+    (TRL's signature): ``prompts``, ``completions`` (``[{"role": "assistant", "content": text}]`` when the
+    prompts are chat messages, else the texts), ``completion_ids`` (the response ids up to and including the
+    stop token), ``think_end`` and every other dataset column as a keyword argument (one value per completion).
+
+    Args:
+        rows: ``N`` dataset rows (one per completion, all with the same columns).
+        completions: ``N`` decoded texts; completion_ids: ``N`` id lists.
+        row_ids: dataset row of each completion (named in errors; default the batch position).
+    Returns:
+        ``[N, F]`` float32, one column per function; NaN where a function returned None ("not applicable").
+    Raises:
+        RewardFunctionError: when a function raises (a ``KeyError`` naming a column the rows lack says so, with
+            the row and the columns present), returns the wrong number of values or a value that is not a number
+            or None; the message names the function and the dataset row at fault.
+    """
+    row_ids = list(row_ids) if row_ids is not None else list(range(len(rows)))
+    prompts = [r["prompt"] for r in rows]
+    conv = is_conversational(prompts[0])
+    comps = [[{"role": "assistant", "content": c}] for c in completions] if conv else completions
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
+    per = torch.full((len(rows), len(reward_funcs)), float("nan"))
+
+    def call(f, idx):
+        return f(prompts=[prompts[b] for b in idx], completions=[comps[b] for b in idx],
+                 completion_ids=[completion_ids[b] for b in idx], think_end=think_end,
+                 **{k: [v[b] for b in idx] for k, v in columns.items()})
+
+    for j, f in enumerate(reward_funcs):
+        name = names[j]
+        try:
+            vals = call(f, range(len(rows)))
+        except Exception as exc:
+            bad = None  # find the row at fault by calling the function one row at a time
+            for b in range(len(rows)):
+                try:
+                    call(f, [b])
+                except Exception:
+                    bad = b
+                    break
+            key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+            if isinstance(key, str) and key.isidentifier() and key not in rows[0]:  # most likely kwargs[column]
+                b = bad or 0
+                raise RewardFunctionError(
+                    f"reward function {name!r} raised KeyError: {key!r} on dataset row {row_ids[b]}: the dataset has "
+                    f"no column {key!r} (the row's columns: {sorted(rows[b])})") from exc
+            where = (f"dataset row {row_ids[bad]} (prompt {preview(prompts[bad])}, completion "
+                     f"{preview(completions[bad])})") if bad is not None else \
+                f"the batch of dataset rows {sorted(set(row_ids))} (no single row fails on its own)"
+            raise RewardFunctionError(f"reward function {name!r} raised {type(exc).__name__}: {exc} "
+                                      f"on {where}") from exc
+        if vals is None or len(vals) != len(rows):
+            raise RewardFunctionError(f"reward function {name!r} returned "
+                                      f"{'None' if vals is None else len(vals)} values for {len(rows)} "
+                                      f"completions (dataset rows {sorted(set(row_ids))})")
+        for b, v in enumerate(vals):
+            try:
+                per[b, j] = float("nan") if v is None else float(v)
+            except (TypeError, ValueError):
+                raise RewardFunctionError(f"reward function {name!r} returned {v!r} (not a number or None) "
+                                          f"for dataset row {row_ids[b]}") from None
+    return per

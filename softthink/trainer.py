@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -26,7 +26,9 @@ from .distributed import ProcessLayout, prompt_seed
 from .noise import make_noise
 from .grpo import group_advantages, loss_normalizer, masked_mean, nanstd, policy_loss
 from .replay import replay_loglik
-from .rewards import get_reward_funcs, required_columns
+from .prompts import (completion_token_ids, dataset_rows, decode_completions, encode_prompts,  # noqa: F401
+                      preview, prompt_texts, tokenize_prompts)
+from .rewards import RewardFunc, RewardFunctionError, check_reward_columns, get_reward_funcs, score_completions  # noqa: F401
 from .rollout import GroupGenerators, NonFiniteLogitsError, SoftRollout, Trajectory
 
 logger = logging.getLogger(__name__)
@@ -34,9 +36,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["SoftGRPOTrainer", "tokenize_prompts", "decode_completions", "atomic_write_text",
            "lora_config_from_args", "RewardFunctionError", "dataset_rows", "check_reward_columns", "score_completions",
            "completion_token_ids"]
-
-RewardFunc = Callable[..., List[Optional[float]]]
-
 
 def lora_config_from_args(args: SoftGRPOConfig):
     """``peft.LoraConfig`` from the ``lora_*`` fields (TRL ``ModelConfig`` names; task type CAUSAL_LM).
@@ -47,204 +46,6 @@ def lora_config_from_args(args: SoftGRPOConfig):
 
     return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                       target_modules=args.lora_target_modules or "all-linear", task_type="CAUSAL_LM")
-
-
-class RewardFunctionError(RuntimeError):
-    """A reward function raised or returned something unusable; the message names it and the dataset row."""
-
-
-def _is_conversational(prompt: Any) -> bool:
-    return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
-
-
-def _prompt_texts(tokenizer, prompts: Sequence[Any]) -> List[str]:
-    """Prompt strings as fed to the tokenizer: chat messages through the chat template, strings verbatim."""
-    texts = []
-    for p in prompts:
-        if _is_conversational(p):
-            texts.append(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False))
-        elif isinstance(p, str):
-            texts.append(p)
-        else:
-            raise ValueError(f"prompt must be a string or a list of chat messages, got {type(p).__name__}")
-    return texts
-
-
-def _preview(prompt: Any, n: int = 60) -> str:
-    text = prompt if isinstance(prompt, str) else str(prompt)
-    return repr(text if len(text) <= n else text[:n] + "...")
-
-
-def _plain_text_bos(tokenizer) -> Optional[int]:
-    """The BOS id the tokenizer puts before plain text (``add_special_tokens=True``), or None when it defines no BOS
-    token or does not add one (e.g. Qwen2 and SmolLM2 add none; Llama and Gemma add theirs)."""
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        return None
-    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
-    return bos if with_special[:1] == [bos] and plain[:1] != [bos] else None
-
-
-def _encode_prompts(tokenizer, prompts: Sequence[Any]) -> List[List[int]]:
-    """Prompt token ids: chat messages through the chat template (which places any BOS itself); plain strings
-    verbatim plus exactly one BOS when the tokenizer adds one to plain text (none added if the text already
-    starts with it)."""
-    ids = tokenizer(_prompt_texts(tokenizer, prompts), add_special_tokens=False)["input_ids"]
-    bos = _plain_text_bos(tokenizer)
-    if bos is None:
-        return [list(x) for x in ids]
-    return [[bos] + list(x) if isinstance(p, str) and list(x[:1]) != [bos] else list(x) for p, x in zip(prompts, ids)]
-
-
-def tokenize_prompts(tokenizer, prompts: Sequence[Any], max_prompt_length: int, device="cpu",
-                     row_ids: Optional[Sequence[int]] = None):
-    """Left-padded prompt ids and mask. Chat-message prompts get the chat template with a generation prompt;
-    string prompts are used verbatim (TRL's convention), with the tokenizer's BOS in front when it adds one to
-    plain text (exactly one).
-
-    Args:
-        row_ids: dataset row of each prompt, used only to name the offending row in errors.
-    Returns:
-        ``(ids [B, P], mask [B, P])``.
-    Raises:
-        ValueError: if a prompt is longer than ``max_prompt_length`` tokens (naming its dataset row, when given,
-            its length and the limit), or the tokenizer has no pad token.
-    """
-    ids = _encode_prompts(tokenizer, prompts)
-    lengths = [len(x) for x in ids]
-    i = max(range(len(ids)), key=lengths.__getitem__)
-    if lengths[i] > max_prompt_length:
-        where = f"the prompt of dataset row {row_ids[i]}" if row_ids is not None else f"prompt {i}"
-        raise ValueError(f"{where} has {lengths[i]} tokens > max_prompt_length={max_prompt_length} "
-                         f"({_preview(prompts[i])})")
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
-    P = lengths[i]
-    input_ids = torch.tensor([[pad] * (P - len(x)) + x for x in ids], dtype=torch.long)
-    mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
-    return input_ids.to(device), mask.to(device)
-
-
-def dataset_rows(dataset, where: str = "train_dataset") -> List[Dict[str, Any]]:
-    """The rows of a ``datasets.Dataset`` or a list of dicts, checked: a ``prompt`` column, and the same columns
-    in every row (as a ``datasets.Dataset`` has), so that no row lacks a column another row has.
-
-    Raises:
-        ValueError: naming ``where``, the row and the columns when the dataset is empty, ``prompt`` is missing
-            or a row's columns differ from row 0's.
-    """
-    if hasattr(dataset, "column_names") and "prompt" not in dataset.column_names:
-        raise ValueError(f"{where} needs a 'prompt' column; it has {dataset.column_names}")
-    rows = [dict(r) for r in dataset]
-    if not rows:
-        raise ValueError(f"{where} is empty")
-    if hasattr(dataset, "column_names"):  # a datasets.Dataset: every row has every column
-        return rows
-    if "prompt" not in rows[0]:
-        raise ValueError(f"{where} needs a 'prompt' column; row 0 has {sorted(rows[0])}")
-    cols = set(rows[0])
-    for i, r in enumerate(rows):
-        if set(r) != cols:
-            missing, extra = sorted(cols - set(r)), sorted(set(r) - cols)
-            raise ValueError(f"{where} row {i} has columns {sorted(r)} but row 0 has {sorted(cols)} (row {i} "
-                             f"{'lacks ' + str(missing) if missing else 'adds ' + str(extra)}); every row needs the "
-                             "same columns")
-    return rows
-
-
-def check_reward_columns(reward_funcs: Sequence[RewardFunc], names: Sequence[str], columns: Sequence[str],
-                         where: str = "train_dataset") -> None:
-    """Check that the dataset has every column the reward functions read (:func:`softthink.rewards.required_columns`).
-
-    Raises:
-        ValueError: naming the reward, the column (and its alternatives), ``where`` and the columns present.
-    """
-    have = set(columns)
-    for f, name in zip(reward_funcs, names):
-        for alts in required_columns(f):
-            if not have & set(alts):
-                need = repr(alts[0]) + "".join(f" or {a!r}" for a in alts[1:])
-                raise ValueError(f"reward {name!r} reads the dataset column {need}, which {where} does not have "
-                                 f"(its columns: {sorted(have)})")
-
-
-def score_completions(reward_funcs: Sequence[RewardFunc], names: Sequence[str], rows: List[Dict[str, Any]],
-                      completions: List[str], completion_ids: List[List[int]], *, think_end: str,
-                      row_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """Call each reward function once on the batch, with exactly the arguments of training and ``softthink eval``
-    (TRL's signature): ``prompts``, ``completions`` (``[{"role": "assistant", "content": text}]`` when the
-    prompts are chat messages, else the texts), ``completion_ids`` (the response ids up to and including the
-    stop token), ``think_end`` and every other dataset column as a keyword argument (one value per completion).
-
-    Args:
-        rows: ``N`` dataset rows (one per completion, all with the same columns).
-        completions: ``N`` decoded texts; completion_ids: ``N`` id lists.
-        row_ids: dataset row of each completion (named in errors; default the batch position).
-    Returns:
-        ``[N, F]`` float32, one column per function; NaN where a function returned None ("not applicable").
-    Raises:
-        RewardFunctionError: when a function raises (a ``KeyError`` naming a column the rows lack says so, with
-            the row and the columns present), returns the wrong number of values or a value that is not a number
-            or None; the message names the function and the dataset row at fault.
-    """
-    row_ids = list(row_ids) if row_ids is not None else list(range(len(rows)))
-    prompts = [r["prompt"] for r in rows]
-    conv = _is_conversational(prompts[0])
-    comps = [[{"role": "assistant", "content": c}] for c in completions] if conv else completions
-    columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
-    per = torch.full((len(rows), len(reward_funcs)), float("nan"))
-
-    def call(f, idx):
-        return f(prompts=[prompts[b] for b in idx], completions=[comps[b] for b in idx],
-                 completion_ids=[completion_ids[b] for b in idx], think_end=think_end,
-                 **{k: [v[b] for b in idx] for k, v in columns.items()})
-
-    for j, f in enumerate(reward_funcs):
-        name = names[j]
-        try:
-            vals = call(f, range(len(rows)))
-        except Exception as exc:
-            bad = None  # find the row at fault by calling the function one row at a time
-            for b in range(len(rows)):
-                try:
-                    call(f, [b])
-                except Exception:
-                    bad = b
-                    break
-            key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
-            if isinstance(key, str) and key.isidentifier() and key not in rows[0]:  # most likely kwargs[column]
-                b = bad or 0
-                raise RewardFunctionError(
-                    f"reward function {name!r} raised KeyError: {key!r} on dataset row {row_ids[b]}: the dataset has "
-                    f"no column {key!r} (the row's columns: {sorted(rows[b])})") from exc
-            where = (f"dataset row {row_ids[bad]} (prompt {_preview(prompts[bad])}, completion "
-                     f"{_preview(completions[bad])})") if bad is not None else \
-                f"the batch of dataset rows {sorted(set(row_ids))} (no single row fails on its own)"
-            raise RewardFunctionError(f"reward function {name!r} raised {type(exc).__name__}: {exc} "
-                                      f"on {where}") from exc
-        if vals is None or len(vals) != len(rows):
-            raise RewardFunctionError(f"reward function {name!r} returned "
-                                      f"{'None' if vals is None else len(vals)} values for {len(rows)} "
-                                      f"completions (dataset rows {sorted(set(row_ids))})")
-        for b, v in enumerate(vals):
-            try:
-                per[b, j] = float("nan") if v is None else float(v)
-            except (TypeError, ValueError):
-                raise RewardFunctionError(f"reward function {name!r} returned {v!r} (not a number or None) "
-                                          f"for dataset row {row_ids[b]}") from None
-    return per
-
-
-def completion_token_ids(traj: Trajectory) -> List[List[int]]:
-    """Per completion, the response ids up to and including its stop token (``tok[resp_mask]``)."""
-    return [traj.tok[b][traj.resp_mask[b]].tolist() for b in range(traj.tok.shape[0])]
-
-
-def decode_completions(tokenizer, traj: Trajectory) -> List[str]:
-    """Readable completion texts: ``decode(tok[resp_mask])`` without special tokens (forced markers included)."""
-    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_token_ids(traj)]
 
 
 def _trim(traj: Trajectory, prompt_ids, prompt_mask):
@@ -385,18 +186,18 @@ class SoftGRPOTrainer:
         for start in range(0, len(rows), 256):
             chunk = rows[start:start + 256]
             try:
-                lengths = [len(ids) for ids in _encode_prompts(tokenizer, [r["prompt"] for r in chunk])]
+                lengths = [len(ids) for ids in encode_prompts(tokenizer, [r["prompt"] for r in chunk])]
             except ValueError:
                 for i, r in enumerate(chunk):
                     try:
-                        _prompt_texts(tokenizer, [r["prompt"]])
+                        prompt_texts(tokenizer, [r["prompt"]])
                     except ValueError as exc:
                         raise ValueError(f"train_dataset row {start + i}: {exc}") from None
                 raise
             for i, n in enumerate(lengths):
                 if n > max_len:
                     raise ValueError(f"train_dataset row {start + i}: prompt has {n} tokens > "
-                                     f"max_prompt_length={max_len} ({_preview(chunk[i]['prompt'])})")
+                                     f"max_prompt_length={max_len} ({preview(chunk[i]['prompt'])})")
 
     def _next_prompts(self) -> List[int]:
         """Dataset rows of this step's global prompt list (the same list on every process)."""
@@ -496,7 +297,7 @@ class SoftGRPOTrainer:
                 b = exc.rows[0]
                 raise NonFiniteLogitsError(
                     f"step {step_no + 1}: {exc.what} at completion position {exc.position} of dataset row "
-                    f"{row_ids[b]} (prompt {_preview(rows[b]['prompt'])}), generation {b % G} of {G}",
+                    f"{row_ids[b]} (prompt {preview(rows[b]['prompt'])}), generation {b % G} of {G}",
                     exc.position, exc.rows, exc.what) from None
             t_roll = time.time() - t0
             completions = decode_completions(self.tokenizer, traj)
