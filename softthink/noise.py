@@ -265,6 +265,42 @@ class PlainSoftThinking(SoftNoise):
 _CLASSES = {c.name: c for c in (GumbelNoise, DirichletNoise, GaussianTopkNoise, EmbeddingGaussianNoise, PlainSoftThinking)}
 
 
+def position_loglik(noise: SoftNoise, scaled: torch.Tensor, tok: torch.Tensor, ids: torch.Tensor, y: torch.Tensor,
+                    support: torch.Tensor, is_soft: torch.Tensor, *, embed=None, emb_noise: Optional[torch.Tensor] = None,
+                    sigma: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Log-likelihood of what was fed at each position: the one scoring rule of the rollout and the replay.
+
+    A soft position (``is_soft``) scores its recorded noisy soft token with ``noise``'s density over the recorded
+    ids (SofT-GRPO, arXiv 2511.06411: the Gumbel density of the recovered noise; the other variants' own
+    densities); any other position scores its token ``tok`` with ``log softmax(scaled)[tok]``. Soft positions of a
+    variant without a density (:attr:`SoftNoise.has_density` False) get NaN.
+
+    Args:
+        noise: the run's noise variant (:func:`make_noise`).
+        scaled: ``[..., V]`` logits already divided by the position's temperature.
+        tok: ``[...]`` long, the readable token of each position.
+        ids, y, support: ``[..., K]`` the recorded mixed ids, perturbed values and rollout support.
+        is_soft: ``[...]`` bool.
+        embed: the input-embedding module (needed for ``embedding_gaussian`` only); emb_noise ``[..., D]`` its
+            recorded noise, sigma its std per row (``[B]``; broadcast over the trailing dims of ``tok``).
+        lse: ``[...]`` ``scaled.logsumexp(-1)`` when the caller has it already.
+    Returns:
+        ``[...]`` float32 (differentiable w.r.t. ``scaled``).
+    """
+    lp_tok = scaled.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - (scaled.logsumexp(-1) if lse is None else lse)
+    if not bool(is_soft.any()):
+        return lp_tok
+    if not noise.has_density:  # noiseless soft tokens have no density
+        return torch.where(is_soft, torch.full_like(lp_tok, float("nan")), lp_tok)
+    e_ids = None
+    if noise.embedding_noise:
+        e_ids = embed(ids).detach()
+        while sigma is not None and sigma.dim() < tok.dim():
+            sigma = sigma.unsqueeze(-1)
+    ell_soft = noise.loglik(scaled.gather(-1, ids), y, support, e_ids=e_ids, emb_noise=emb_noise, sigma=sigma)
+    return torch.where(is_soft, ell_soft, lp_tok)
+
+
 def make_noise(cfg) -> SoftNoise:
     """The :class:`SoftNoise` named by ``cfg.soft_noise``.
 

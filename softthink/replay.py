@@ -15,7 +15,7 @@ import torch
 
 from .config import SoftGRPOConfig
 from .rollout import Trajectory, call_model, prompt_positions
-from .noise import make_noise
+from .noise import make_noise, position_loglik
 from .sampling import mix_embeddings
 
 __all__ = ["build_replay_inputs", "replay_loglik"]
@@ -99,19 +99,9 @@ def replay_loglik(
         sl = slice(s, min(s + chunk_size, L))
         lg = logits[:, sl].float() / temp[:, sl, None]
         lse = lg.logsumexp(-1)
-        lp_tok = lg.gather(-1, traj.tok[:, sl, None]).squeeze(-1) - lse
-        is_soft = traj.is_soft[:, sl]
-        if bool(is_soft.any()):
-            emb = traj.emb_noise[:, sl]
-            ell_soft = noise.loglik(
-                lg.gather(-1, traj.ids[:, sl]), traj.y[:, sl], traj.support[:, sl],
-                e_ids=embed(traj.ids[:, sl]).detach() if emb.shape[-1] else None, emb_noise=emb,
-                sigma=traj.emb_sigma[:, None],
-            )
-            ell = torch.where(is_soft, ell_soft, lp_tok)
-        else:
-            ell = lp_tok
-        ells.append(ell)
+        ells.append(position_loglik(noise, lg, traj.tok[:, sl], traj.ids[:, sl], traj.y[:, sl], traj.support[:, sl],
+                                    traj.is_soft[:, sl], embed=embed, emb_noise=traj.emb_noise[:, sl],
+                                    sigma=traj.emb_sigma, lse=lse))
         if compute_entropy:
             with torch.no_grad():
                 lgd = lg.detach()

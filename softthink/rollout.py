@@ -26,7 +26,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from .config import SoftGRPOConfig
-from .noise import embedding_rms, make_noise
+from .noise import embedding_rms, make_noise, position_loglik
 from .sampling import filter_distribution, filter_sparse, mix_embeddings
 
 __all__ = ["Trajectory", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions",
@@ -423,18 +423,11 @@ class SoftRollout:
                 else torch.zeros(B, D, device=device)
             en = en * soft_now[:, None]
 
-            # Rollout-side log-likelihood from this step's logits (diagnostic; must equal the replay).
+            # Rollout-side log-likelihood from this step's logits (diagnostic; must equal the replay's).
             temp = torch.where(answer_now, torch.full_like(lg[:, 0], Ta), torch.full_like(lg[:, 0], T))
             scaled = lg / temp[:, None]
-            lp_tok = scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1)
-            if cfg.soft_thinking and noise.has_density:
-                ell_soft = noise.loglik(scaled.gather(-1, ids), y, support, e_ids=embed(ids) if D else None,
-                                        emb_noise=en, sigma=sigma)
-                ell = torch.where(soft_now, ell_soft, lp_tok)
-            elif cfg.soft_thinking:  # noiseless soft tokens have no density
-                ell = torch.where(soft_now, torch.full_like(lp_tok, float("nan")), lp_tok)
-            else:
-                ell = lp_tok
+            ell = position_loglik(noise, scaled, tok, ids, y, support, soft_now, embed=embed, emb_noise=en,
+                                  sigma=sigma)
             went = -(w.clamp_min(1e-30).log() * w).sum(-1) * soft_now
 
             live = ~done
