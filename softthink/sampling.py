@@ -1,4 +1,5 @@
-"""Per-step sampling pieces: filtered distributions, Gumbel soft tokens, embedding mixtures, soft-token density.
+"""Per-step sampling pieces: filtered distributions, embedding mixtures, the Gumbel soft-token density (the soft
+tokens themselves are drawn by the noise variants of :mod:`softthink.noise`).
 
 SofT-GRPO's rollout sampling (Zheng & Lee, arXiv 2511.06411; official code ``zz1358m/SofT-GRPO-master``, the
 Soft-Thinking SGLang fork's ``sglang/srt/layers/sampler.py``). All noise and densities come from the shared core
@@ -7,16 +8,14 @@ Soft-Thinking SGLang fork's ``sglang/srt/layers/sampler.py``). All noise and den
 from __future__ import annotations
 
 import math
-
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from diger.gumbel import gumbel_log_density, sample_gumbel
+from diger.gumbel import gumbel_log_density
 
-__all__ = ["filter_distribution", "filter_sparse", "SoftToken", "gumbel_soft_token", "mix_embeddings", "gumbel_density_mean", "soft_token_loglik"]
+__all__ = ["filter_distribution", "filter_sparse", "mix_embeddings", "gumbel_density_mean", "soft_token_loglik"]
 
 
 def filter_distribution(
@@ -77,59 +76,6 @@ def filter_sparse(
         return probs.topk(top_k, dim=-1)
     idx = torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
     return probs, idx
-
-
-@dataclass
-class SoftToken:
-    """One Gumbel soft token per row (SofT-GRPO, arXiv 2511.06411; official ``sampler.py``).
-
-    Attributes:
-        ids: ``[B, K]`` long, token ids sorted by descending mixture weight (``ids[:, 0]`` is the readable token).
-        y: ``[B, K]`` float32 perturbed log-probabilities ``log(p~ + eps) + beta * g``.
-        w: ``[B, K]`` float32 mixture weights ``softmax(y / tau_g)``.
-        support: ``[B, K]`` bool, ``p~ > 0`` (ids that survived top-p / top-k at rollout).
-    """
-
-    ids: torch.Tensor
-    y: torch.Tensor
-    w: torch.Tensor
-    support: torch.Tensor
-
-
-def gumbel_soft_token(
-    probs: torch.Tensor,
-    k: int,
-    tau: float,
-    noise_scale: float = 1.0,
-    clamp: Optional[Tuple[float, float]] = (-1.5, 3.0),
-    eps: float = 1e-6,
-    generator: Optional[torch.Generator] = None,
-) -> SoftToken:
-    """Gumbel-perturbed top-K soft token (SofT-GRPO, arXiv 2511.06411; official ``sampler.py``, Gumbel branch).
-
-    ``(p~, ids) = topk(probs, K)``, ``p~ /= sum p~``; ``g ~ Gumbel(0, 1)`` clamped to ``clamp``
-    (:func:`diger.gumbel.sample_gumbel`); ``y = log(p~ + eps) + beta * g``; ``w = softmax(y / tau)``; ids, y and
-    support are permuted so that ``w`` is descending.
-
-    Args:
-        probs: ``[B, V]`` filtered probabilities (:func:`filter_distribution`).
-        k: K, mixture size (``<= V``).
-        tau: mixture temperature ``tau_g > 0``.
-        noise_scale: beta; 0 gives the noiseless soft token.
-        clamp: noise truncation ``(lo, hi)`` or None.
-        eps: ``eps`` in ``log(p~ + eps)``.
-        generator: dedicated generator for the noise.
-    """
-    pk, ids = probs.topk(k, dim=-1)
-    pk = pk / pk.sum(-1, keepdim=True)
-    support = pk > 0
-    g = sample_gumbel(pk.shape, generator=generator, device=pk.device, dtype=torch.float32, clamp=clamp)
-    y = torch.log(pk + eps) + noise_scale * g
-    order = y.argsort(dim=-1, descending=True, stable=True)  # softmax is monotone: same order as w
-    y = y.gather(-1, order)
-    # Weights are recomputed from the *sorted* y so the replay's softmax(y / tau) is bit-identical.
-    w = F.softmax(y / tau, dim=-1)
-    return SoftToken(ids=ids.gather(-1, order), y=y, w=w, support=support.gather(-1, order))
 
 
 def mix_embeddings(embed: torch.nn.Module, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,18 @@ import torch
 
 from softthink.replay import replay_loglik
 from softthink.rollout import SoftRollout
-from softthink.sampling import (filter_distribution, filter_sparse, gumbel_density_mean, gumbel_soft_token,
-                                mix_embeddings, soft_token_loglik)
+from softthink.noise import GumbelNoise
+from softthink.sampling import filter_distribution, filter_sparse, gumbel_density_mean, mix_embeddings, soft_token_loglik
 from softthink_helpers import base_config, left_padded_prompts, make_model, make_tokenizer
 
 torch.set_num_threads(1)
 CLAMP = (-1.5, 3.0)
+
+
+def gumbel_soft_token(probs, k, tau, noise_scale=1.0, clamp=CLAMP, eps=1e-6, generator=None):
+    """The rollout's own Gumbel soft token (:meth:`softthink.noise.GumbelNoise.sample`) with these settings."""
+    cfg = base_config(gumbel_tau=tau, noise_scale=noise_scale, gumbel_clamp=clamp, logp_eps=eps)
+    return GumbelNoise(cfg).sample(probs, k, generator)
 
 
 def test_density_equals_torch_gumbel_when_clamp_inactive():
