@@ -5,29 +5,20 @@ answer is sampled discretely. Prompts are left-padded and every forward gets exp
 replay (:func:`softthink.replay.replay_loglik`) sees exactly the same positions. The official rollout runs in the
 Soft-Thinking SGLang fork (``sglang/srt/layers/sampler.py``, ``update_topk_info`` in ``schedule_batch.py``).
 
-Think boundary (the official rule misfires on models without a single think-end token, see ``last_subtoken``):
-
-* ``think_end`` is a single vocabulary token (``think_end_match="auto"``): thinking ends when the soft token's
-  top id is that token; that step is recorded as a one-hot discrete step.
-* otherwise (``"string"`` mode, or ``"auto"`` with ``max_think_tokens`` set): thinking ends when the decoded
-  top ids of the thinking steps contain the ``think_end`` string (that step is one-hot), or after
-  ``max_think_tokens`` thinking steps, in which case the marker's token ids are fed as ordinary forced tokens
-  (recorded with ``forced=True``: they are inputs, not policy samples, and carry no loss).
-* ``"last_subtoken"``: the official code's rule (the last sub-token of ``encode(think_end)``), kept only as a
-  labelled parity option.
+The think boundary (marker, budget, Cold Stop, forced tokens) is :class:`softthink.think.ThinkBoundary`.
 """
 from __future__ import annotations
 
 import inspect
-import dataclasses
 from dataclasses import dataclass, fields
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import torch
 
 from .config import SoftGRPOConfig
 from .noise import embedding_rms, make_noise, position_loglik
 from .sampling import filter_distribution, filter_sparse, mix_embeddings
+from .think import ThinkBoundary, ThinkEnd, resolve_think_end  # noqa: F401 (ThinkEnd re-exported)
 
 __all__ = ["Trajectory", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions",
            "GroupGenerators", "NonFiniteLogitsError", "chat_end_of_turn_id"]
@@ -114,7 +105,7 @@ class Trajectory:
         resp_mask: ``[B, L]`` bool; 1 up to and including the first EOS (attention mask of the response).
         rollout_ell: ``[B, L]`` float32; log-likelihood from the rollout's own step logits (diagnostic).
         weight_entropy: ``[B, L]`` float32; entropy (nats) of the mixture weights of soft steps (0 elsewhere).
-        think_len: ``[B]`` long; thinking steps generated (soft or discrete), marker excluded.
+        think_len: ``[B]`` long; thinking steps generated (soft or discrete; a sampled marker counts, forced tokens do not).
         think_ended: ``[B]`` bool; the thinking phase ended by the marker or the budget.
         budget_hit: ``[B]`` bool; thinking ended because ``max_think_tokens`` ran out.
         eos: ``[B]`` bool; the completion ended with an EOS token (False = clipped at max length).
@@ -150,43 +141,6 @@ class Trajectory:
     def index(self, rows) -> "Trajectory":
         """The trajectory restricted to batch rows ``rows`` (a slice or an index tensor)."""
         return Trajectory(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
-
-
-@dataclass
-class ThinkEnd:
-    """Resolved think boundary: ``token_id`` (single-token rule) or ``marker_ids`` + ``text`` (string rule)."""
-
-    mode: str  # "token" or "string"
-    token_id: Optional[int]
-    marker_ids: List[int]  # fed when the budget runs out: think_end (+ answer_prefix)
-    text: str
-    budget: Optional[int]
-    prefix_ids: List[int] = dataclasses.field(default_factory=list)  # fed after a natural end: answer_prefix
-
-
-def resolve_think_end(tokenizer, cfg: SoftGRPOConfig) -> ThinkEnd:
-    """Resolve ``cfg.think_end`` against ``tokenizer`` once, at construction.
-
-    Raises:
-        ValueError: if the marker is not a single token, ``think_end_match="auto"`` and no ``max_think_tokens``
-            budget is configured, or if the marker encodes to no tokens.
-    """
-    enc = list(tokenizer.encode(cfg.think_end, add_special_tokens=False))
-    if not enc:
-        raise ValueError(f"think_end={cfg.think_end!r} encodes to no tokens with this tokenizer")
-    prefix = list(tokenizer.encode(cfg.answer_prefix, add_special_tokens=False)) if cfg.answer_prefix else []
-    full = list(tokenizer.encode(cfg.think_end + cfg.answer_prefix, add_special_tokens=False))
-    if cfg.think_end_match == "last_subtoken":
-        return ThinkEnd("token", enc[-1], [enc[-1]] + prefix, cfg.think_end, cfg.max_think_tokens, prefix)
-    if cfg.think_end_match == "auto" and len(enc) == 1:
-        return ThinkEnd("token", enc[0], enc + prefix, cfg.think_end, cfg.max_think_tokens, prefix)
-    if cfg.think_end_match == "auto" and cfg.max_think_tokens is None:
-        raise ValueError(
-            f"think_end={cfg.think_end!r} is not a single token in this tokenizer (it encodes to {enc}); "
-            "set max_think_tokens (thinking then ends at that budget or when the string is produced, and the "
-            "marker is fed as ordinary tokens), or think_end_match='last_subtoken' for the official rule"
-        )
-    return ThinkEnd("string", None, full, cfg.think_end, cfg.max_think_tokens, prefix)
 
 
 _SIG_CACHE: dict = {}
@@ -254,6 +208,35 @@ def chat_end_of_turn_id(tokenizer) -> Optional[int]:
 def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
     """``[B, P]`` position ids of left-padded prompts: ``(mask.cumsum(-1) - 1).clamp(min=0)``."""
     return (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class _Step(NamedTuple):
+    """What one rollout step records per row (stacked into a :class:`Trajectory`)."""
+
+    tok: torch.Tensor
+    ids: torch.Tensor
+    y: torch.Tensor
+    support: torch.Tensor
+    is_soft: torch.Tensor
+    forced: torch.Tensor
+    answer: torch.Tensor
+    live: torch.Tensor
+    ell: torch.Tensor
+    went: torch.Tensor
+    en: torch.Tensor
+
+
+def _check_finite(step: int, lg: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteLogitsError` when a row of ``lg [B, V]`` has a NaN or +inf, or is all -inf
+    (``torch.multinomial`` would fail on it with an opaque message)."""
+    nan, pinf, ninf = torch.isnan(lg).any(-1), torch.isposinf(lg).any(-1), torch.isneginf(lg).all(-1)
+    bad = nan | pinf | ninf
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        b = rows[0]
+        what = "NaN logits" if nan[b] else ("+inf logits" if pinf[b] else "all logits -inf")
+        raise NonFiniteLogitsError(f"rollout step {step}: the model produced {what} for batch rows {rows}",
+                                   step, rows, what)
 
 
 class SoftRollout:
@@ -327,6 +310,25 @@ class SoftRollout:
         finally:
             model.train(was_training)
 
+    def _candidates(self, lg: torch.Tensor, generator):
+        """This step's candidates from the raw logits ``lg [B, V]``: ``(answer token [B], thinking token [B],
+        soft token)``; the soft token (:class:`softthink.noise.NoiseSample` with vocabulary ids) is None in
+        discrete mode. Draw order (answer sample, then thinking noise or sample) fixes the random stream."""
+        cfg, K = self.cfg, self.cfg.soft_top_k
+        T = cfg.temperature
+        # Sparse filtered distributions ([B, top_k] values and ids): sampling cost independent of V.
+        v_ans, i_ans = filter_sparse(lg, cfg.after_thinking_temperature, cfg.after_thinking_top_k,
+                                     cfg.after_thinking_top_p, cfg.after_thinking_min_p)
+        samp_ans = i_ans.gather(-1, _draw(generator, _multinomial1, v_ans)).squeeze(-1)
+        v_th, i_th = filter_sparse(lg, T, cfg.top_k, cfg.top_p, cfg.min_p)
+        if not cfg.soft_thinking:
+            return samp_ans, i_th.gather(-1, _draw(generator, _multinomial1, v_th)).squeeze(-1), None
+        if K > v_th.shape[-1]:  # mixture wider than the top-k filter: take the K best of the full V
+            v_th, i_th = filter_distribution(lg, T, cfg.top_k, cfg.top_p, cfg.min_p).topk(K, dim=-1)
+        st = _draw(generator, lambda g, v: self.noise.sample(v, K, g), v_th)
+        st.ids = i_th.gather(-1, st.ids)
+        return samp_ans, st.ids[:, 0], st
+
     def _generate(self, prompt_ids, prompt_mask, generator, logits_hook, max_new) -> Trajectory:
         cfg, model, think = self.cfg, self.model, self.think
         device = prompt_ids.device
@@ -341,72 +343,26 @@ class SoftRollout:
         )
         last_pos = pos[:, -1].clone()
 
-        use_think = think is not None
-        thinking = torch.full((B,), use_think, dtype=torch.bool, device=device)
+        tb = ThinkBoundary(think, self.tokenizer, cold_stop_entropy=cfg.cold_stop_entropy,
+                           cold_stop_steps=cfg.cold_stop_steps, batch_size=B, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        think_len = torch.zeros(B, dtype=torch.long, device=device)
-        force_pos = torch.full((B,), -1, dtype=torch.long, device=device)
-        think_ended = torch.zeros(B, dtype=torch.bool, device=device)
-        budget_hit = torch.zeros(B, dtype=torch.bool, device=device)
-        # Forced-token queues: 0 = the full marker (budget spent), 1 = the answer prefix (natural end).
-        queues = [think.marker_ids, think.prefix_ids] if use_think else [[0], []]
-        qlen = torch.tensor([len(q) for q in queues], device=device)
-        qmax = max(1, int(qlen.max()))
-        qtab = torch.tensor([q + [0] * (qmax - len(q)) for q in queues], device=device)
-        force_kind = torch.zeros(B, dtype=torch.long, device=device)
-        think_text_ids: List[List[int]] = [[] for _ in range(B)]
         noise = self.noise
         D = embed.weight.shape[-1] if noise.embedding_noise else 0
         sigma = torch.full((B,), float(self.emb_sigma), device=device)
-        cold_on = use_think and cfg.cold_stop_entropy > 0
-        low_run = torch.zeros(B, dtype=torch.long, device=device)
-        cold_stopped = torch.zeros(B, dtype=torch.bool, device=device)
         Ta, T = cfg.after_thinking_temperature, cfg.temperature
 
-        rec = {k: [] for k in ("tok", "ids", "y", "support", "is_soft", "forced", "answer", "live", "ell", "went", "en")}
+        steps: List[_Step] = []
         for step in range(max_new):
             lg = logits[:, -1].float()
             if logits_hook is not None:
                 lg = logits_hook(step, lg).float()
-            nan, pinf, ninf = torch.isnan(lg).any(-1), torch.isposinf(lg).any(-1), torch.isneginf(lg).all(-1)
-            bad = nan | pinf | ninf
-            if bool(bad.any()):  # torch.multinomial would fail on them with an opaque message
-                rows = bad.nonzero().flatten().tolist()
-                b = rows[0]
-                what = "NaN logits" if nan[b] else ("+inf logits" if pinf[b] else "all logits -inf")
-                raise NonFiniteLogitsError(f"rollout step {step}: the model produced {what} for batch rows {rows}",
-                                           step, rows, what)
-            forcing = force_pos >= 0
-            # Sparse filtered distributions ([B, top_k] values and ids): sampling cost independent of V.
-            v_ans, i_ans = filter_sparse(lg, Ta, cfg.after_thinking_top_k, cfg.after_thinking_top_p,
-                                         cfg.after_thinking_min_p)
-            samp_ans = i_ans.gather(-1, _draw(generator, _multinomial1, v_ans)).squeeze(-1)
-            v_th, i_th = filter_sparse(lg, T, cfg.top_k, cfg.top_p, cfg.min_p)
-            if cfg.soft_thinking:
-                if K > v_th.shape[-1]:  # mixture wider than the top-k filter: take the K best of the full V
-                    v_th, i_th = filter_distribution(lg, T, cfg.top_k, cfg.top_p, cfg.min_p).topk(K, dim=-1)
-                st = _draw(generator, lambda g, v: noise.sample(v, K, g), v_th)
-                st.ids = i_th.gather(-1, st.ids)
-                think_tok = st.ids[:, 0]
-            else:
-                think_tok = i_th.gather(-1, _draw(generator, _multinomial1, v_th)).squeeze(-1)
-            marker_tok = qtab[force_kind, force_pos.clamp(min=0, max=qmax - 1)]
-            in_think = thinking & ~forcing
-            tok = torch.where(forcing, marker_tok, torch.where(thinking, think_tok, samp_ans))
-
-            # End of thinking by the marker (single token, or the decoded string).
-            ended = torch.zeros(B, dtype=torch.bool, device=device)
-            if use_think:
-                if think.mode == "token":
-                    ended = in_think & (tok == think.token_id)
-                else:
-                    for b in (in_think & ~done).nonzero().flatten().tolist():
-                        think_text_ids[b].append(int(tok[b]))
-                        window = think_text_ids[b][-(len(think.marker_ids) + 4):]
-                        if think.text in self.tokenizer.decode(window):
-                            ended[b] = True
+            _check_finite(step, lg)
+            forcing = tb.forcing
+            samp_ans, think_tok, st = self._candidates(lg, generator)
+            tok, in_think = tb.select(think_tok, samp_ans)
+            ended = tb.ended_by_marker(tok, in_think, done)  # this step completes the think-end marker
             soft_now = in_think & ~ended if cfg.soft_thinking else torch.zeros_like(in_think)
-            answer_now = ~thinking
+            answer_now = ~tb.thinking
 
             ids1 = tok.unsqueeze(-1).expand(B, K)
             onehot_w = torch.zeros(B, K, device=device)
@@ -419,7 +375,7 @@ class SoftRollout:
             else:
                 ids, y, w, support = ids1.clone(), torch.zeros(B, K, device=device), onehot_w, onehot_w.bool()
             en = _draw(generator, lambda g, r: noise.embed_noise((r.shape[0], D), self.emb_sigma, g, device),
-                       think_len) if (cfg.soft_thinking and D) \
+                       tb.think_len) if (cfg.soft_thinking and D) \
                 else torch.zeros(B, D, device=device)
             en = en * soft_now[:, None]
 
@@ -431,45 +387,10 @@ class SoftRollout:
             went = -(w.clamp_min(1e-30).log() * w).sum(-1) * soft_now
 
             live = ~done
-            for k_, v_ in (("tok", tok), ("ids", ids), ("y", y), ("support", support), ("is_soft", soft_now),
-                           ("forced", forcing), ("answer", answer_now), ("live", live), ("ell", ell),
-                           ("went", went), ("en", en)):
-                rec[k_].append(v_)
+            steps.append(_Step(tok, ids, y, support, soft_now, forcing, answer_now, live, ell, went, en))
 
-            # State updates.
             eos_now = torch.isin(tok, eos) & ~forcing
-            think_len += (in_think & live).long()
-            nxt = force_pos + 1
-            finish_force = forcing & (nxt >= qlen[force_kind])
-            force_pos = torch.where(forcing, torch.where(finish_force, torch.full_like(nxt, -1), nxt), force_pos)
-            # A natural end with an answer prefix first feeds the prefix (queue 1), then answers.
-            if use_think and think.prefix_ids:
-                force_pos = torch.where(ended, torch.zeros_like(force_pos), force_pos)
-                force_kind = torch.where(ended, torch.ones_like(force_kind), force_kind)
-            leave = finish_force | ended
-            if use_think and think.budget is not None:
-                # Budget spent: feed the marker (one id in token mode) as forced ordinary tokens from next step.
-                over = in_think & ~ended & ~eos_now & (think_len >= think.budget)
-                force_pos = torch.where(over, torch.zeros_like(force_pos), force_pos)
-                force_kind = torch.where(over, torch.zeros_like(force_kind), force_kind)
-                budget_hit |= over & live
-            if cold_on:
-                # Cold Stop: count consecutive thinking steps whose next-token distribution has low entropy; after
-                # cold_stop_steps of them the marker is fed as forced tokens from the next step. The entropy is
-                # that of the full softmax(logits / T), as in Soft Thinking, not of the top-k/top-p filtered one
-                # (which is 0 whenever the top token alone reaches top_p).
-                ent = torch.special.entr(scaled.softmax(-1)).sum(-1)  # thinking rows: scaled = logits / T
-                step_think = in_think & ~ended & live
-                low_run = torch.where(step_think, torch.where(ent < cfg.cold_stop_entropy, low_run + 1,
-                                                              torch.zeros_like(low_run)), low_run)
-                cold = step_think & ~eos_now & (low_run >= cfg.cold_stop_steps) & (force_pos < 0)
-                if use_think and think.budget is not None:
-                    cold = cold & ~(think_len >= think.budget)  # the budget rule already fires this step
-                force_pos = torch.where(cold, torch.zeros_like(force_pos), force_pos)
-                force_kind = torch.where(cold, torch.zeros_like(force_kind), force_kind)
-                cold_stopped |= cold
-            think_ended |= leave & live & thinking
-            thinking = thinking & ~leave
+            tb.update(in_think, ended, eos_now, live, scaled)
             done = done | eos_now
 
             emb = mix_embeddings(embed, ids, w)
@@ -484,11 +405,12 @@ class SoftRollout:
                 model, inputs_embeds=emb, attention_mask=attn, position_ids=last_pos[:, None], cache=cache,
                 use_cache=True, logits_to_keep=1,
             )
-        st_ = lambda k_: torch.stack(rec[k_], dim=1)  # noqa: E731
+        st_ = lambda k_: torch.stack([getattr(s_, k_) for s_ in steps], dim=1)  # noqa: E731
         live = st_("live")
         return Trajectory(
             tok=st_("tok"), ids=st_("ids"), y=st_("y").float(), support=st_("support"), is_soft=st_("is_soft") & live,
             forced=st_("forced") & live, answer_phase=st_("answer"), resp_mask=live, rollout_ell=st_("ell") * live,
-            weight_entropy=st_("went") * live, think_len=think_len, think_ended=think_ended, budget_hit=budget_hit,
-            eos=done.clone(), emb_noise=st_("en") * live[..., None], emb_sigma=sigma, cold_stopped=cold_stopped,
+            weight_entropy=st_("went") * live, think_len=tb.think_len, think_ended=tb.think_ended,
+            budget_hit=tb.budget_hit, eos=done.clone(), emb_noise=st_("en") * live[..., None], emb_sigma=sigma,
+            cold_stopped=tb.cold_stopped,
         )
