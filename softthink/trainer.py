@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -55,6 +56,45 @@ def _trim(traj: Trajectory, prompt_ids, prompt_mask):
     keep = prompt_mask.any(0).nonzero()
     start = int(keep[0]) if len(keep) else 0
     return t, prompt_ids[:, start:], prompt_mask[:, start:]
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of a step (``n`` completions, trimmed to its own lengths), ready for the loss.
+
+    Attributes:
+        traj: the rollout rows; prompt_ids, prompt_mask: ``[n, P]`` their prompts.
+        loss_mask: ``[n, L]`` bool, loss-carrying positions of scorable completions.
+        advantages: ``[n]`` group advantages.
+        ell_old: ``[n, L]`` old-policy log-likelihoods (off-policy steps only); ell_ref: reference ones (KL).
+    """
+
+    traj: Trajectory
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    advantages: torch.Tensor
+    ell_old: Optional[torch.Tensor] = None
+    ell_ref: Optional[torch.Tensor] = None
+
+
+@dataclass
+class StepBatch:
+    """What :meth:`SoftGRPOTrainer.generate_and_score` hands to the optimisation phase and the metrics.
+
+    Attributes:
+        traj: this process's rollouts; completions: their texts; rewards: ``[N_local]`` (NaN = unscorable).
+        rewards_all: ``[N]`` and per_func_all: ``[N, F]`` gathered over processes in global order.
+        micro_batches: the :class:`MicroBatch` records in row order; rollout_time: seconds.
+    """
+
+    traj: Trajectory
+    completions: List[str]
+    rewards: torch.Tensor
+    rewards_all: torch.Tensor
+    per_func_all: torch.Tensor
+    micro_batches: List[MicroBatch]
+    rollout_time: float
 
 
 # per-completion statistics gathered across processes for the metrics (column order of _row_stats)
@@ -267,10 +307,12 @@ class SoftGRPOTrainer:
     def step(self) -> Dict[str, float]:
         """One rollout + update step over the global batch; returns its (global) metrics.
 
-        Each optimiser step's loss is the token mean (``loss_type="token_mean"``) or the sequence mean
-        (``"sequence_mean"``) over all of its completions on all processes (:func:`softthink.grpo.policy_loss`,
-        ``normalizer``), so neither the micro-batch size nor the number of processes changes the update.
-        Unscorable completions (NaN reward) carry no loss.
+        Two phases: :meth:`generate_and_score` (rollout, rewards, group advantages, old and reference
+        log-likelihoods: a :class:`StepBatch` of :class:`MicroBatch` records), then :meth:`optimise` (replayed
+        log-likelihoods, loss, backward, optimiser steps). Each optimiser step's loss is the token mean
+        (``loss_type="token_mean"``) or the sequence mean (``"sequence_mean"``) over all of its completions on
+        all processes (:func:`softthink.grpo.policy_loss`, ``normalizer``), so neither the micro-batch size nor
+        the number of processes changes the update. Unscorable completions (NaN reward) carry no loss.
 
         Raises:
             ValueError: for a prompt longer than ``max_prompt_length`` (naming the dataset row).
@@ -278,6 +320,19 @@ class SoftGRPOTrainer:
             NonFiniteLogitsError: the model produced NaN/inf logits during the rollout (naming the step, the
                 dataset row and the generation index).
         """
+        t0 = time.time()
+        batch = self.generate_and_score()
+        acc, grad_norms = self.optimise(batch.micro_batches)
+        self.state["global_step"] += 1
+        m = self._metrics(batch.rewards_all, batch.per_func_all, self.dist.gather_rows(_row_stats(batch.traj)), acc,
+                          grad_norms, batch.rollout_time, time.time() - t0, batch.rewards, batch.completions)
+        self._warn_if_truncated(m, batch.rewards_all)
+        return m
+
+    def generate_and_score(self) -> "StepBatch":
+        """Phase 1 of :meth:`step`: this process's prompts of the step -> rollouts -> rewards -> group advantages
+        (over the gathered global batch) -> micro-batch records with the old-policy (when off-policy) and
+        reference log-likelihoods. No gradient. Raises as :meth:`step`."""
         args, model, G = self.args, self.model, self.args.num_generations
         t0 = time.time()
         step_no = self.state["global_step"]
@@ -312,63 +367,47 @@ class SoftGRPOTrainer:
         scorable = ~torch.isnan(rewards).to(self.device)
         self.last_batch = {"prompt_rows": order, "rewards": rewards_all, "advantages": adv_all}
 
-        N, mb, micro = len(rows), args.mini_batch_size, args.per_device_train_batch_size
-        micro_slices = [slice(i, i + micro) for i in range(0, N, micro)]
-        batches, loss_masks = {}, {}
-        for sl in micro_slices:
-            batches[sl.start] = _trim(traj.index(sl), pids[sl], pmask[sl])
-            loss_masks[sl.start] = batches[sl.start][0].loss_mask & scorable[sl, None]
-        on_policy = args.num_iterations == 1 and N // mb == 1
-        ell_old, ell_ref = {}, {}
+        N, micro = len(rows), args.per_device_train_batch_size
+        micro_batches = []
+        for start in range(0, N, micro):
+            sl = slice(start, start + micro)
+            t, p, pm = _trim(traj.index(sl), pids[sl], pmask[sl])
+            micro_batches.append(MicroBatch(t, p, pm, t.loss_mask & scorable[sl, None], adv[sl]))
+        on_policy = args.num_iterations == 1 and N // args.mini_batch_size == 1
         with torch.no_grad():
-            for sl in micro_slices:
-                t, p, pm = batches[sl.start]
+            for mbat in micro_batches:
+                t, p, pm = mbat.traj, mbat.prompt_ids, mbat.prompt_mask
                 if not on_policy:
-                    ell_old[sl.start] = replay_loglik(model, p, pm, t, args)[0]
+                    mbat.ell_old = replay_loglik(model, p, pm, t, args)[0]
                 if self.ref_model is not None:
-                    ell_ref[sl.start] = replay_loglik(self.ref_model, p, pm, t, args)[0]
+                    mbat.ell_ref = replay_loglik(self.ref_model, p, pm, t, args)[0]
                 elif self._ref_is_base:
                     with model.disable_adapter():
-                        ell_ref[sl.start] = replay_loglik(model, p, pm, t, args)[0]
+                        mbat.ell_ref = replay_loglik(model, p, pm, t, args)[0]
+        return StepBatch(traj, completions, rewards, rewards_all, per_func_all, micro_batches, t_roll)
 
+    def optimise(self, micro_batches: List["MicroBatch"]):
+        """Phase 2 of :meth:`step`: ``num_iterations`` passes over the micro-batches, ``gradient_accumulation_steps``
+        of them per optimiser step. Returns ``(acc, grad_norms)``: per metric the ``[value * weight, weight]`` of
+        every micro-batch (weighted by the units it averages over, so that a step metric is the mean over the
+        step's tokens or sequences whatever the split) and the gradient norm of every optimiser step."""
+        args, model = self.args, self.model
         model.train()
-        # micro-batch metrics as (value * weight, weight): weighted by the units they average over, so the step
-        # metric is the mean over the step's tokens (or sequences) whatever the micro-batch split
         acc: Dict[str, List[List[float]]] = {}
         grad_norms: List[float] = []
         params = [q for q in model.parameters() if q.requires_grad]
+        ga = args.gradient_accumulation_steps
         for it in range(args.num_iterations):
-            for m0 in range(0, N, mb):
-                mslices = [sl for sl in micro_slices if m0 <= sl.start < m0 + mb]
-                units = sum(loss_normalizer(loss_masks[sl.start], args.loss_type) for sl in mslices)
+            for m0 in range(0, len(micro_batches), ga):
+                group = micro_batches[m0:m0 + ga]
+                units = sum(loss_normalizer(mbat.loss_mask, args.loss_type) for mbat in group)
                 total = float(self.dist.all_reduce_sum(torch.tensor([units], dtype=torch.float64))[0])
                 # the gradients are averaged over processes, hence the total over all processes / their number
                 normalizer = max(total, 1.0) / self.dist.world
                 self.optimizer.zero_grad(set_to_none=True)
-                for sl in mslices:
-                    t, p, pm = batches[sl.start]
-                    lmask = loss_masks[sl.start]
-                    ell, ent = replay_loglik(model, p, pm, t, args, compute_entropy=(it == 0))
-                    old = ell_old.get(sl.start, ell.detach())
-                    loss, lm = policy_loss(
-                        ell, old, adv[sl], lmask, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
-                        dual_clip_c=args.dual_clip_c, beta=args.beta, ell_ref=ell_ref.get(sl.start),
-                        kl_clamp=args.kl_clamp, loss_type=args.loss_type, normalizer=normalizer,
-                    )
-                    loss.backward()
-                    lm["loss"] = lm["policy_loss"] + args.beta * lm.get("kl", 0.0)
-                    n_units, n_tok = loss_normalizer(lmask, args.loss_type), float(lmask.sum())
-                    weights = {"loss": n_units, "policy_loss": n_units, "kl": n_units}
-                    if it == 0:
-                        lm["entropy"] = float(masked_mean(ent, lmask))
-                        diff = (ell.detach() - t.rollout_ell).abs()
-                        soft = lmask & t.is_soft
-                        lm["soft/rollout_replay_abs_diff"] = float(masked_mean(diff, soft))
-                        weights["soft/rollout_replay_abs_diff"] = float(soft.sum())
-                        lm["token/rollout_replay_abs_diff"] = float(masked_mean(diff, lmask))
-                    for k, v in lm.items():
-                        w = weights.get(k, n_tok)
-                        acc.setdefault(k, []).append([v * w, w])
+                for mbat in group:
+                    for k, vw in self._micro_batch_loss(mbat, normalizer, first_pass=(it == 0)).items():
+                        acc.setdefault(k, []).append(vw)
                 self.dist.average_gradients(params)  # DDP's all-reduce: the global mini-batch's mean gradient
                 gn = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 grad_norms.append(float(gn))
@@ -381,11 +420,31 @@ class SoftGRPOTrainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.state["optimizer_steps"] += 1
-        self.state["global_step"] += 1
-        m = self._metrics(rewards_all, per_func_all, self.dist.gather_rows(_row_stats(traj)), acc, grad_norms,
-                          t_roll, time.time() - t0, rewards, completions)
-        self._warn_if_truncated(m, rewards_all)
-        return m
+        return acc, grad_norms
+
+    def _micro_batch_loss(self, mbat: "MicroBatch", normalizer: float, *, first_pass: bool) -> Dict[str, List[float]]:
+        """Replay one micro-batch, back-propagate its share of the loss; returns its metrics as
+        ``{name: [value * weight, weight]}``."""
+        args, t, lmask = self.args, mbat.traj, mbat.loss_mask
+        ell, ent = replay_loglik(self.model, mbat.prompt_ids, mbat.prompt_mask, t, args, compute_entropy=first_pass)
+        old = mbat.ell_old if mbat.ell_old is not None else ell.detach()
+        loss, lm = policy_loss(
+            ell, old, mbat.advantages, lmask, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
+            dual_clip_c=args.dual_clip_c, beta=args.beta, ell_ref=mbat.ell_ref, kl_clamp=args.kl_clamp,
+            loss_type=args.loss_type, normalizer=normalizer,
+        )
+        loss.backward()
+        lm["loss"] = lm["policy_loss"] + args.beta * lm.get("kl", 0.0)
+        n_units, n_tok = loss_normalizer(lmask, args.loss_type), float(lmask.sum())
+        weights = {"loss": n_units, "policy_loss": n_units, "kl": n_units}
+        if first_pass:
+            lm["entropy"] = float(masked_mean(ent, lmask))
+            diff = (ell.detach() - t.rollout_ell).abs()
+            soft = lmask & t.is_soft
+            lm["soft/rollout_replay_abs_diff"] = float(masked_mean(diff, soft))
+            weights["soft/rollout_replay_abs_diff"] = float(soft.sum())
+            lm["token/rollout_replay_abs_diff"] = float(masked_mean(diff, lmask))
+        return {k: [v * weights.get(k, n_tok), weights.get(k, n_tok)] for k, v in lm.items()}
 
     def _warn_if_truncated(self, m: Dict[str, float], rewards: torch.Tensor) -> None:
         """Warn once (main process) at the first step where every completion hit ``max_completion_length`` and
