@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, fields
-from typing import Callable, List, NamedTuple, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -210,22 +210,6 @@ def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
     return (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-class _Step(NamedTuple):
-    """What one rollout step records per row (stacked into a :class:`Trajectory`)."""
-
-    tok: torch.Tensor
-    ids: torch.Tensor
-    y: torch.Tensor
-    support: torch.Tensor
-    is_soft: torch.Tensor
-    forced: torch.Tensor
-    answer: torch.Tensor
-    live: torch.Tensor
-    ell: torch.Tensor
-    went: torch.Tensor
-    en: torch.Tensor
-
-
 def _check_finite(step: int, lg: torch.Tensor) -> None:
     """Raise :class:`NonFiniteLogitsError` when a row of ``lg [B, V]`` has a NaN or +inf, or is all -inf
     (``torch.multinomial`` would fail on it with an opaque message)."""
@@ -351,7 +335,7 @@ class SoftRollout:
         sigma = torch.full((B,), float(self.emb_sigma), device=device)
         Ta, T = cfg.after_thinking_temperature, cfg.temperature
 
-        steps: List[_Step] = []
+        steps: List[tuple] = []  # per step: the columns stacked into the Trajectory below
         for step in range(max_new):
             lg = logits[:, -1].float()
             if logits_hook is not None:
@@ -387,7 +371,7 @@ class SoftRollout:
             went = -(w.clamp_min(1e-30).log() * w).sum(-1) * soft_now
 
             live = ~done
-            steps.append(_Step(tok, ids, y, support, soft_now, forcing, answer_now, live, ell, went, en))
+            steps.append((tok, ids, y, support, soft_now, forcing, answer_now, live, ell, went, en))
 
             eos_now = torch.isin(tok, eos) & ~forcing
             tb.update(in_think, ended, eos_now, live, scaled)
@@ -405,12 +389,10 @@ class SoftRollout:
                 model, inputs_embeds=emb, attention_mask=attn, position_ids=last_pos[:, None], cache=cache,
                 use_cache=True, logits_to_keep=1,
             )
-        st_ = lambda k_: torch.stack([getattr(s_, k_) for s_ in steps], dim=1)  # noqa: E731
-        live = st_("live")
+        tok, ids, y, support, soft, forced, answer, live, ell, went, en = (torch.stack(c, dim=1) for c in zip(*steps))
         return Trajectory(
-            tok=st_("tok"), ids=st_("ids"), y=st_("y").float(), support=st_("support"), is_soft=st_("is_soft") & live,
-            forced=st_("forced") & live, answer_phase=st_("answer"), resp_mask=live, rollout_ell=st_("ell") * live,
-            weight_entropy=st_("went") * live, think_len=tb.think_len, think_ended=tb.think_ended,
-            budget_hit=tb.budget_hit, eos=done.clone(), emb_noise=st_("en") * live[..., None], emb_sigma=sigma,
-            cold_stopped=tb.cold_stopped,
+            tok=tok, ids=ids, y=y.float(), support=support, is_soft=soft & live, forced=forced & live,
+            answer_phase=answer, resp_mask=live, rollout_ell=ell * live, weight_entropy=went * live,
+            think_len=tb.think_len, think_ended=tb.think_ended, budget_hit=tb.budget_hit, eos=done.clone(),
+            emb_noise=en * live[..., None], emb_sigma=sigma, cold_stopped=tb.cold_stopped,
         )
