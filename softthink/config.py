@@ -124,6 +124,12 @@ class SoftGRPOConfig:
     gaussian_sigma: float = _f(0.05, "'gaussian': std of the noise on the top-K probabilities (official 0.05)")
     embed_noise_std: float = _f(0.5, "'embedding_gaussian': noise std as a multiple of the embedding RMS "
                                 "(Butt et al. set sigma relative to the embedding norm; value unverified)")
+    soft_logprob: str = _f("gumbel_density", "score of a soft step in the loss: 'gumbel_density' (the paper: the "
+                           "noise variant's density), 'token' (log-prob of the emitted top id over the kept support, "
+                           "the Gumbel-max marginal; ours) or 'hybrid' (the density where the mixture is mixed, "
+                           "largest weight < soft_logprob_threshold, else 'token'; ours)")
+    soft_logprob_threshold: float = _f(0.99, "'hybrid': a soft step whose largest mixture weight is below this "
+                                       "is scored with the density")
     cold_stop_entropy: float = _f(0.0, "Cold Stop: entropy threshold (nats) of the full softmax(logits / temperature) "
                                   "of a thinking step (before top-k/top-p); 0 = off")
     cold_stop_steps: int = _f(256, "Cold Stop: end thinking after this many consecutive low-entropy steps")
@@ -217,6 +223,10 @@ class SoftGRPOConfig:
             raise bad("renorm_support", "expected 'topk' or 'rollout_support'")
         if self.soft_noise not in ("gumbel", "dirichlet", "gaussian", "embedding_gaussian", "none"):
             raise bad("soft_noise", "expected 'gumbel', 'dirichlet', 'gaussian', 'embedding_gaussian' or 'none'")
+        if self.soft_logprob not in ("gumbel_density", "token", "hybrid"):
+            raise bad("soft_logprob", "expected 'gumbel_density', 'token' or 'hybrid'")
+        if not 0 < self.soft_logprob_threshold <= 1:
+            raise bad("soft_logprob_threshold", "must be in (0, 1]")
         for name in ("dirichlet_alpha", "gaussian_sigma", "embed_noise_std"):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")

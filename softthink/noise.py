@@ -270,10 +270,18 @@ def position_loglik(noise: SoftNoise, scaled: torch.Tensor, tok: torch.Tensor, i
                     sigma: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Log-likelihood of what was fed at each position: the one scoring rule of the rollout and the replay.
 
-    A soft position (``is_soft``) scores its recorded noisy soft token with ``noise``'s density over the recorded
-    ids (SofT-GRPO, arXiv 2511.06411: the Gumbel density of the recovered noise; the other variants' own
-    densities); any other position scores its token ``tok`` with ``log softmax(scaled)[tok]``. Soft positions of a
-    variant without a density (:attr:`SoftNoise.has_density` False) get NaN.
+    A soft position (``is_soft``) is scored by ``noise.cfg.soft_logprob``:
+
+    * ``gumbel_density`` (default; SofT-GRPO, arXiv 2511.06411): the recorded noisy soft token under ``noise``'s
+      density over the recorded ids (the Gumbel density of the recovered noise; the other variants' own);
+    * ``token`` (ours): ``log softmax(scaled[ids] over the kept support)[0]``, the log-probability of the emitted
+      top id among the ids that survived the filters: the Gumbel-max marginal of the top id at ``noise_scale`` 1;
+    * ``hybrid`` (ours): the density where the mixture is genuinely mixed (largest weight
+      ``< soft_logprob_threshold``), ``token`` elsewhere (nearly one-hot steps).
+
+    Any other position scores its token ``tok`` with ``log softmax(scaled)[tok]``. Soft positions of a variant
+    without a density (:attr:`SoftNoise.has_density` False) get NaN. Every rule reads only recorded values, so the
+    rollout's diagnostic and the replay give the same number.
 
     Args:
         noise: the run's noise variant (:func:`make_noise`).
@@ -297,7 +305,16 @@ def position_loglik(noise: SoftNoise, scaled: torch.Tensor, tok: torch.Tensor, i
         e_ids = embed(ids).detach()
         while sigma is not None and sigma.dim() < tok.dim():
             sigma = sigma.unsqueeze(-1)
-    ell_soft = noise.loglik(scaled.gather(-1, ids), y, support, e_ids=e_ids, emb_noise=emb_noise, sigma=sigma)
+    lk = scaled.gather(-1, ids)
+    mode = getattr(noise.cfg, "soft_logprob", "gumbel_density")
+    if mode != "gumbel_density":
+        ell_top = F.log_softmax(lk.float().masked_fill(~support, float("-inf")), dim=-1)[..., 0]
+    if mode == "token":
+        return torch.where(is_soft, ell_top, lp_tok)
+    ell_soft = noise.loglik(lk, y, support, e_ids=e_ids, emb_noise=emb_noise, sigma=sigma)
+    if mode == "hybrid":
+        mixed = noise.weights(y).amax(-1) < noise.cfg.soft_logprob_threshold
+        ell_soft = torch.where(mixed, ell_soft, ell_top)
     return torch.where(is_soft, ell_soft, lp_tok)
 
 
