@@ -1,11 +1,13 @@
-"""A small synthetic RecBole dataset written to a temp dir, for the model and CLI tests.
+"""Tiny synthetic data and configs for tests and the benches' --smoke modes.
+
+:func:`write_dataset` writes a small synthetic RecBole dataset (atomic files) to a folder; :func:`small_config`
+is a config dict for TIGER/DIGER on it with tiny sizes. Imports only numpy (no RecBole, no torch).
 
 40 users walk a ring of 24 items (each user starts somewhere and steps +1 or +2), so the next item
 is predictable from the history; items have a title and a genre, and a random 16-d embedding file keyed by item id.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,7 @@
-"""Shared fixtures for the softthink tests: a tiny random Qwen2 and a WordLevel tokenizer built in code.
+"""Tiny tokenizers, models and configs built in code for the softthink tests and the benches' ``--smoke`` modes.
 
-Reserved ids: pad 0, bos 1, eos 2, ``</think>`` 3. Nothing is downloaded.
+A tiny random Qwen2 and a WordLevel tokenizer (reserved ids: pad 0, bos 1, eos 2, ``</think>`` 3), a byte-level
+BPE trained in code, and a small :class:`~softthink.config.SoftGRPOConfig`. Nothing is downloaded.
 :func:`make_chat_tokenizer` adds a Qwen2.5-base-like chat layout: turns end with ``<|im_end|>`` (id 63), EOS stays
 ``</s>``.
 """
@@ -89,41 +90,9 @@ def make_bpe_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     return tok
 
 
-def frac_low_ids_reward(prompts, completions, completion_ids, **kw):
-    """Share of completion ids below 34 (a graded reward, so groups have non-zero advantages).
-
-    Importable as ``softthink_helpers.frac_low_ids_reward`` (``reward_funcs`` import path) when ``tests/`` is on
-    ``sys.path``. If ``SOFTTHINK_TEST_KILL_AT=N`` is set, the process SIGKILLs itself in its N-th call (used to
-    kill a run mid-step).
-    """
-    import os
-    import signal
-
-    frac_low_ids_reward.calls = getattr(frac_low_ids_reward, "calls", 0) + 1
-    if os.environ.get("SOFTTHINK_TEST_KILL_AT") == str(frac_low_ids_reward.calls):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return [sum(1 for i in ids if i < 34) / max(1, len(ids)) for ids in completion_ids]
-
-
 def save_tiny_model(path) -> str:
     """Save a random tiny Qwen2 (seed 0) with the byte-level BPE tokenizer to ``path``; return ``str(path)``."""
     tok = make_bpe_tokenizer()
     make_model(seed=0, vocab_size=len(tok)).save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return str(path)
-
-
-def first_id_low_reward(prompts, completions, completion_ids, **kw):
-    """1.0 if the first completion id is below 34 (about half the samples of the random model), else 0.0."""
-    return [1.0 if ids and ids[0] < 34 else 0.0 for ids in completion_ids]
-
-
-def always_one_reward(prompts, completions, **kw):
-    """1.0 for every completion (a stand-in for a format reward)."""
-    return [1.0] * len(completions)
-
-
-def recording_reward(**kwargs):
-    """Records the keyword arguments of every call in ``recording_reward.calls``; scores 0.0."""
-    recording_reward.calls = getattr(recording_reward, "calls", []) + [kwargs]
-    return [0.0] * len(kwargs["completions"])

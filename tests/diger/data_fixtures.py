@@ -1,6 +1,6 @@
 """Tiny raw-file fixtures for the data-recipe tests (written by the tests themselves; no real data).
 
-Not a test module: it holds helpers imported by ``test_data_*.py``. The fixtures cover: an item
+Not a test module: it holds helpers imported by ``tests/diger/test_data_*.py``. The fixtures cover: an item
 with no title, a user below the 5-core threshold, a duplicated interaction, equal timestamps
 within a user, a title with a tab, a title starting with a quote, a title that pandas reads as
 missing (``NA``) and a latin-1 title.

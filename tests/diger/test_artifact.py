@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec_fixtures import small_config
+from diger.testing import small_config
 
 
 def _run(root, name, model="TIGER", **extra):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec_fixtures import small_config
+from diger.testing import small_config
 
 
 def _build(root, name="art", **extra):
@@ -156,7 +156,7 @@ def test_published_letter_ids_become_an_artifact(toy_root):
     """LETTER's *.index.json as an artifact: the published table (+ our collision suffix), no tokenizer."""
     from diger.artifact import ArtifactError, assign_semantic_ids, build_artifact, load_artifact
     from diger.quick_start import run
-    from genrec_fixtures import N_ITEMS
+    from diger.testing import N_ITEMS
 
     index = {f"i{i}": [f"<a_{i % 3}>", f"<b_{(i // 3) % 2}>"] for i in range(N_ITEMS)}
     path = toy_root / "toy.index.json"

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from genrec_fixtures import N_ITEMS, small_config
+from diger.testing import N_ITEMS, small_config
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _build(model, root, **extra):
@@ -131,7 +131,7 @@ def test_unknown_config_key_warns_with_the_closest_known_key(toy_root):
     """RecBole accepts any key; a typo (--epoch=1) would silently train the default number of epochs."""
     import warnings
 
-    from genrec_fixtures import small_config
+    from diger.testing import small_config
 
     from diger.quick_start import make_config
 
@@ -182,7 +182,7 @@ def test_unknown_backbone_is_refused_before_tokenizer_pretraining(toy_root, monk
     from recbole.data import create_dataset, data_preparation
 
     from diger.quick_start import make_config, resolve_model
-    from genrec_fixtures import small_config
+    from diger.testing import small_config
 
     with pytest.raises(ValueError, match="backbone must be one of"):  # diger run's path: at config time
         make_config("TIGER", "toy", None, small_config(toy_root, backbone="t5x"))

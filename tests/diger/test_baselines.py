@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genrec_fixtures import small_config
+from diger.testing import small_config
 
 SMALL = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "train_batch_size": 32}
 

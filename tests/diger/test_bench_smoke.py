@@ -1,13 +1,13 @@
-"""The bench scripts' small-size modes (issue #5): they run and print their tables. No timing asserted."""
-import importlib.util
+"""The diger bench scripts' small-size modes (issue #5): they run and print their tables. No timing asserted.
+
+The softthink benches (speed_soft.py, softgrpo_compare.py) are in tests/softthink/test_bench_smoke.py.
+"""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args):
@@ -49,28 +49,10 @@ def test_eval_memory_smoke():
     assert "metrics (identical in every arm" in out
 
 
-def test_speed_soft_smoke():
-    out = _run("bench/speed_soft.py", "--smoke")
-    assert "ours, soft" in out and "HF generate" in out
-    assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out
-    if importlib.util.find_spec("trl") is not None:
-        assert "GRPOTrainer |" in out
-
-
-def test_speed_soft_grpo_table_without_trl():
-    """Without TRL (import blocked) the GRPO-step table still prints our rows and says TRL was skipped."""
-    code = ("import runpy, sys; sys.modules['trl'] = None; "
-            "sys.argv = ['bench/speed_soft.py', '--smoke', '--only', 'grpo']; "
-            "runpy.run_path('bench/speed_soft.py', run_name='__main__')")
-    out = _run("-c", code)
-    assert "TRL: not installed" in out and "GRPOTrainer |" not in out
-    assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out
-
-
 def test_quality_on_a_prepared_dataset(tmp_path):
     """--data_path / --config_files: any dataset folder with its own protocol file, as for Beauty."""
     import yaml
-    from genrec_fixtures import small_config, write_dataset
+    from diger.testing import small_config, write_dataset
 
     write_dataset(tmp_path)
     cfg = {k: v for k, v in small_config(tmp_path).items() if k not in ("data_path", "checkpoint_dir")}

@@ -10,9 +10,9 @@ from diger.data import cli
 from diger.data.atomic import StagedOutput, read_atomic, write_table
 from diger.data.recipes import default_recipe_dir, list_recipes, load_recipe
 from diger.data.text import clean_text
-from test_data_fixtures import letter_raw
+from tests.diger.data_fixtures import letter_raw
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ["amazon-beauty-2014", "amazon-toys-2014", "amazon-instruments-2018", "amazon-scientific-2018", "yelp",
            "movielens-1m", "amazon2014", "amazon2018", "p5", "letter"]
 

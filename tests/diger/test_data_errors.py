@@ -11,7 +11,7 @@ import pytest
 from diger.data.errors import DataError, DataFormatError, MissingInputError, MissingItemTextError, RecipeError
 from diger.data.prepare import prepare
 from diger.data.recipes import load_recipe
-from test_data_fixtures import LETTER_ITEMS, amazon2014_raw, amazon2018_raw, letter_raw, movielens_raw, write_gz_lines
+from tests.diger.data_fixtures import LETTER_ITEMS, amazon2014_raw, amazon2018_raw, letter_raw, movielens_raw, write_gz_lines
 
 QUIET = {"log": lambda m: None}
 A14 = dict(params={"category": "Fix"}, **QUIET)
@@ -65,7 +65,7 @@ def test_review_without_required_key(tmp_path):
 def test_metadata_line_that_is_not_a_literal(tmp_path, bad, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = amazon2014_raw(tmp_path / "raw")
-    from test_data_fixtures import META_2014_LINES
+    from tests.diger.data_fixtures import META_2014_LINES
 
     write_gz_lines(raw / "meta_Fix.json.gz", META_2014_LINES[:3] + [bad] + META_2014_LINES[3:])
     with pytest.raises(DataFormatError, match=r"meta_Fix\.json\.gz:4: metadata line is not a Python literal"):
@@ -85,7 +85,7 @@ def test_missing_metadata_error_policy(tmp_path):
 
 def test_missing_metadata_keep_policy_is_reported(tmp_path):
     raw = amazon2014_raw(tmp_path / "raw")
-    from test_data_fixtures import META_2014_LINES
+    from tests.diger.data_fixtures import META_2014_LINES
 
     write_gz_lines(raw / "meta_Fix.json.gz", [l for l in META_2014_LINES if "'I2'" not in l])
     res = prepare("amazon2014", raw, tmp_path / "out", **A14)

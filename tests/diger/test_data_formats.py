@@ -8,7 +8,7 @@ import yaml
 
 from diger.data.errors import DataError, PickleNotAllowedError
 from diger.data.prepare import prepare
-from test_data_fixtures import (
+from tests.diger.data_fixtures import (
     EXPECTED_INTER_2014, EXPECTED_INTER_ML, EXPECTED_ITEMS_2014, EXPECTED_ITEMS_ML, LETTER_INDEX,
     amazon2014_raw, amazon2018_raw, letter_raw, movielens_raw, p5_raw, read_rows,
 )

@@ -10,7 +10,7 @@ import yaml
 
 from diger.data.prepare import prepare
 from diger.data.semantic_ids import SemanticIdError, load_letter_index, parse_code
-from test_data_fixtures import EXPECTED_ITEMS_2014, LETTER_INDEX, amazon2014_raw, letter_raw
+from tests.diger.data_fixtures import EXPECTED_ITEMS_2014, LETTER_INDEX, amazon2014_raw, letter_raw
 
 QUIET = {"log": lambda m: None}
 

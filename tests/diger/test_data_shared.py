@@ -17,7 +17,7 @@ from diger.data.errors import MissingItemTextError
 from diger.data.prepare import prepare
 from diger.data.semantic_ids import load_letter_index
 
-SHARED = Path(os.environ.get("DIGER_SHARED_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+SHARED = Path(os.environ.get("DIGER_SHARED_DATASETS") or Path(__file__).resolve().parents[3] / "shared" / "datasets")
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared datasets not found at {SHARED}")
 slow = pytest.mark.skipif(os.environ.get("DIGER_RUN_SLOW") != "1", reason="slow: set DIGER_RUN_SLOW=1")
 QUIET = {"log": lambda m: None}
@@ -104,7 +104,7 @@ def test_instruments_has_no_text_but_prepares_interactions(tmp_path):
 @needs_shared
 def test_beauty_recbole_leave_one_out(tmp_path, monkeypatch):
     """RecBole's LS valid_and_test split gives the sizes of DIGER's ``check_artifacts.py`` (train = inter - 3 users)."""
-    from test_data_recbole import recbole_dataset
+    from tests.diger.test_data_recbole import recbole_dataset
 
     monkeypatch.chdir(tmp_path)
     res = _prep(tmp_path / "out", "amazon-beauty-2014", "amazon-beauty-2014", None)
@@ -122,7 +122,7 @@ def test_beauty_recbole_leave_one_out(tmp_path, monkeypatch):
     ("movielens-1m", "movielens-1m", (6040, 3706, 1000209), 982089),
 ])
 def test_recbole_leave_one_out_slow(tmp_path, monkeypatch, recipe, folder, counts, train):
-    from test_data_recbole import recbole_dataset
+    from tests.diger.test_data_recbole import recbole_dataset
 
     monkeypatch.chdir(tmp_path)
     res = _prep(tmp_path / "out", recipe, folder, None)

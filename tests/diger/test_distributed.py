@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genrec_fixtures import small_config, write_dataset
+from diger.testing import small_config, write_dataset
 
 #: Measured on the toy dataset (40 test users, 2 epochs, per-rank batch = half of the 1-process batch),
 #: seeds 2020 / 1 / 2, 1 process vs 2 processes: largest |difference| of a test metric was 0.10 on

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec_fixtures import small_config
+from diger.testing import small_config
 
 
 def _trainer(model, root, **extra):

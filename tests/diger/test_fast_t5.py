@@ -7,7 +7,7 @@ from diger.models.fast_t5 import FastT5Model
 from diger.models.genrec import GenRec
 from diger.models.trie import SIDTrie
 
-from test_beam_search_reference import _random_table
+from tests.diger.test_beam_search_reference import _random_table
 
 
 def _pair(dropout=0.0, layers=2, dec_layers=3):

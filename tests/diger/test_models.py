@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genrec_fixtures import N_ITEMS, small_config
+from diger.testing import N_ITEMS, small_config
 
 
 def _build(model, root, **extra):
@@ -175,7 +175,7 @@ def test_tiger_with_published_semantic_ids(toy_root):
     """LETTER-style index -> fixed SID table (+ collision suffix); no item text needed."""
     import json
 
-    from genrec_fixtures import N_ITEMS
+    from diger.testing import N_ITEMS
 
     index = {f"i{i}": [f"<a_{i % 3}>", f"<b_{(i // 3) % 2}>"] for i in range(N_ITEMS)}
     path = toy_root / "toy.index.json"

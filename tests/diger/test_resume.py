@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from genrec_fixtures import small_config
+from diger.testing import small_config
 
 
 def _args(root, out, epochs):
@@ -20,7 +20,7 @@ def _args(root, out, epochs):
 @pytest.mark.parametrize("model", ["DIGER"])
 def test_sigkill_then_resume_matches_uninterrupted(toy_root, model):
     from diger.quick_start import resume, run
-    from genrec_fixtures import small_config as sc
+    from diger.testing import small_config as sc
 
     epochs = 4
     full = run(model, "toy", None, sc(toy_root, output_dir=str(toy_root / "full"), epochs=epochs, stopping_step=10))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from genrec_fixtures import small_config
+from diger.testing import small_config
 
 METRIC_KEYS = {"recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10", "hit@10"}
 
@@ -85,7 +85,7 @@ def test_missing_text_field_is_a_clear_error(toy_root, capsys):
 
 
 def test_items_without_text_are_named_unless_filled(toy_root):
-    from genrec_fixtures import write_dataset
+    from diger.testing import write_dataset
 
     from diger.text import ItemTextError, build_item_texts, read_item_table
 

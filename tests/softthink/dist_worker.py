@@ -1,6 +1,7 @@
-"""Worker of tests/test_softthink_distributed.py: two SofT-GRPO steps on a tiny random Qwen2, once per loss type.
+"""Worker of tests/softthink/test_distributed.py: two SofT-GRPO steps on a tiny random Qwen2, once per loss type.
 
-``python softthink_dist_worker.py OUT GRAD_ACC`` (or under ``accelerate launch``) writes, from the main process,
+``python -m tests.softthink.dist_worker OUT GRAD_ACC`` from the repository root (or under
+``accelerate launch -m``, with the root on ``PYTHONPATH``) writes, from the main process,
 ``OUT`` = torch.save of ``{loss_type: per-step gathered advantages/rewards, metrics and weights}`` for
 ``token_mean`` and ``sequence_mean``; and ``OUT.started`` once the trainer knows its process layout (so the test
 can tell "2 processes could not start" from a failure of the code under test). Extra stop ids make the
@@ -11,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from softthink.trainer import SoftGRPOTrainer  # noqa: E402
-from softthink_helpers import EOS, base_config, frac_low_ids_reward, make_model, make_tokenizer  # noqa: E402
+from softthink.testing import EOS, base_config, make_model, make_tokenizer
+from softthink.trainer import SoftGRPOTrainer
+from tests.softthink.helpers import frac_low_ids_reward
 
 # 8 prompts of equal length (3 tokens): no left padding, so the batch composition cannot change the logits
 PROMPTS = [f"w{5 + i} w{20 + i} w{40 + i}" for i in range(8)]

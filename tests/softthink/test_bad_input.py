@@ -7,7 +7,7 @@ import torch
 
 from softthink.config import SoftGRPOConfig
 from softthink.trainer import RewardFunctionError, SoftGRPOTrainer
-from softthink_helpers import base_config, make_model, make_tokenizer
+from softthink.testing import base_config, make_model, make_tokenizer
 
 torch.set_num_threads(1)
 

@@ -1,11 +1,40 @@
-"""bench/softgrpo_compare.py --smoke: trains and evaluates every method on a tiny random model and prints the table."""
+"""The softthink bench scripts' small-size modes: they run and print their tables. No timing asserted.
+
+bench/speed_soft.py --smoke times the rollouts and one GRPO step on a tiny random Qwen2; bench/softgrpo_compare.py
+--smoke trains and evaluates every method on a tiny random model and prints the table.
+"""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args):
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_speed_soft_smoke():
+    out = _run("bench/speed_soft.py", "--smoke")
+    assert "ours, soft" in out and "HF generate" in out
+    assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out
+    if importlib.util.find_spec("trl") is not None:
+        assert "GRPOTrainer |" in out
+
+
+def test_speed_soft_grpo_table_without_trl():
+    """Without TRL (import blocked) the GRPO-step table still prints our rows and says TRL was skipped."""
+    code = ("import runpy, sys; sys.modules['trl'] = None; "
+            "sys.argv = ['bench/speed_soft.py', '--smoke', '--only', 'grpo']; "
+            "runpy.run_path('bench/speed_soft.py', run_name='__main__')")
+    out = _run("-c", code)
+    assert "TRL: not installed" in out and "GRPOTrainer |" not in out
+    assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out
 
 
 def test_softgrpo_compare_smoke(tmp_path):

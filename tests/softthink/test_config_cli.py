@@ -9,7 +9,7 @@ from softthink.config import SoftGRPOConfig, load_yaml_config
 from softthink.models import resolve_model_path
 from softthink.plot import PLOTS, plot_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_errors_name_the_field():
@@ -108,7 +108,7 @@ def test_cli_train_plot_eval_end_to_end(tmp_path):
     """`softthink train` -> `plot` -> `eval` on a tiny random model saved to disk (plumbing, not learning)."""
     import yaml
 
-    from softthink_helpers import save_tiny_model
+    from softthink.testing import save_tiny_model
 
     save_tiny_model(tmp_path / "tiny")
     cfg = dict(model_name_or_path=str(tmp_path / "tiny"), output_dir=str(tmp_path / "run"), max_steps=2,
@@ -138,7 +138,7 @@ def test_gguf_conversion_is_cached_and_atomic(tmp_path, monkeypatch):
     import transformers
 
     from softthink import models
-    from softthink_helpers import make_model, make_tokenizer
+    from softthink.testing import make_model, make_tokenizer
 
     calls = {"n": 0}
 

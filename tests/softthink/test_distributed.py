@@ -15,10 +15,9 @@ import torch
 
 from softthink.distributed import ProcessLayout, prompt_seed
 from softthink.rollout import GroupGenerators, SoftRollout
-from softthink_helpers import base_config, left_padded_prompts, make_model, make_tokenizer
+from softthink.testing import base_config, left_padded_prompts, make_model, make_tokenizer
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -74,15 +73,14 @@ def test_two_processes_match_one_process(tmp_path):
     Measured: advantages equal, losses within 3e-8, weights within 6e-6 (AMD EPYC) and 1.1e-5 (a CI Xeon: the
     all-reduce sums in another order than one process's accumulation); normalising by each process's own token
     count instead moves the token_mean weights by 0.07, 1400x the tolerance."""
-    sys.path.insert(0, str(HERE))
-    from softthink_dist_worker import LOSS_TYPES, run
+    from tests.softthink.dist_worker import LOSS_TYPES, run
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     (tmp_path / "two").mkdir()
     out2 = str(tmp_path / "two" / "out.pt")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), str(HERE / "softthink_dist_worker.py"), out2, "2"]
+           "--main_process_port", str(_free_port()), "-m", "tests.softthink.dist_worker", out2, "2"]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:

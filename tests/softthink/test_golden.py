@@ -1,12 +1,12 @@
-"""softthink's behaviour pinned by values recorded before the issue-16 restructuring (tests/data/).
+"""softthink's behaviour pinned by values recorded before the issue-16 restructuring (tests/softthink/data/).
 
 For fixed seeds, each case runs 3 training steps of :class:`SoftGRPOTrainer` on a tiny random Qwen2 (or one
-inference rollout) and compares with ``tests/data/softthink_golden.json``: the rollout tokens, mixed ids,
+inference rollout) and compares with ``tests/softthink/data/golden.json``: the rollout tokens, mixed ids,
 recorded noise (perturbed log-probabilities, embedding noise), the rollout's log-likelihoods, the step losses
 and the weights after the last step. Integers must be equal; floats equal within ``rtol 1e-4`` on another
 machine (BLAS kernels round differently), and bitwise with ``SOFTTHINK_GOLDEN_EXACT=1`` on the machine that
-recorded them. ``python tests/test_softthink_golden.py --record`` rewrites the file (only when the behaviour is
-meant to change).
+recorded them. ``python -m tests.softthink.test_golden --record``, run from the repository root, rewrites the
+file (only when the behaviour is meant to change).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from softthink_helpers import base_config, frac_low_ids_reward, make_model, make_tokenizer  # noqa: E402
+from softthink.testing import base_config, make_model, make_tokenizer
+from tests.softthink.helpers import frac_low_ids_reward
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "softthink_golden.json"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden.json"
 PROMPTS = [f"w{5 + i} w{20 + i} w{40 + i}" for i in range(8)]
 COMMON = dict(num_generations=4, generation_batch_size=8, per_device_train_batch_size=2, gradient_accumulation_steps=2,
               max_completion_length=10, max_steps=3, learning_rate=1e-2, seed=3, save_model=False, top_k=5,
@@ -88,7 +88,7 @@ def run_train_case(name: str, tmp: Path) -> dict:
 
 def run_rollout_case(name: str) -> dict:
     from softthink.rollout import SoftRollout
-    from softthink_helpers import left_padded_prompts
+    from softthink.testing import left_padded_prompts
 
     torch.set_num_threads(1)
     tok, model = make_tokenizer(), make_model(seed=1)

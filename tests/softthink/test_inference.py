@@ -7,7 +7,7 @@ import torch
 
 from softthink.evaluate import INFERENCE_MODES, evaluate_model, mode_config, write_eval
 from softthink.rollout import SoftRollout
-from softthink_helpers import EOS, THINK_END, base_config, left_padded_prompts, make_model, make_tokenizer
+from softthink.testing import EOS, THINK_END, base_config, left_padded_prompts, make_model, make_tokenizer
 
 torch.set_num_threads(1)
 
@@ -108,7 +108,7 @@ def test_mode_errors_and_cold_stop_override():
 
 def test_cli_eval_modes_write_settings(tmp_path):
     from softthink.cli import main
-    from softthink_helpers import save_tiny_model
+    from softthink.testing import save_tiny_model
 
     save_tiny_model(tmp_path / "tiny")
     import yaml
@@ -165,7 +165,7 @@ def test_eval_results_do_not_depend_on_the_batch_size():
     now sample j of problem i is drawn with prompt_seed(seed, i, j), as training seeds each prompt."""
     tok, model = make_tokenizer(), make_model(seed=0)
     cfg = base_config(max_completion_length=6, max_think_tokens=3,
-                      reward_funcs=["softthink_helpers.first_id_low_reward"])
+                      reward_funcs=["tests.softthink.helpers.first_id_low_reward"])
     rows = [{"prompt": p} for p in PROMPTS]  # prompts of different lengths: left padding differs between batches
     for mode in ("soft", "discrete"):
         res = [_eval(model, tok, cfg, rows, mode=mode, batch_size=b) for b in (4, 16)]
@@ -180,13 +180,13 @@ def test_eval_correctness_reward_is_named_not_the_first_one(tmp_path):
     measured formatting. Several rewards need correctness_reward; the one used is recorded in eval.json."""
     tok, model = make_tokenizer(), make_model(seed=0)
     rows = [{"prompt": p} for p in PROMPTS]
-    both = ["softthink_helpers.always_one_reward", "softthink_helpers.first_id_low_reward"]
-    with pytest.raises(ValueError, match=r"reward_funcs=\['softthink_helpers\.always_one_reward', "
-                                         r"'softthink_helpers\.first_id_low_reward'\] lists several rewards; set "
+    both = ["tests.softthink.helpers.always_one_reward", "tests.softthink.helpers.first_id_low_reward"]
+    with pytest.raises(ValueError, match=r"reward_funcs=\['tests\.softthink\.helpers\.always_one_reward', "
+                                         r"'tests\.softthink\.helpers\.first_id_low_reward'\] lists several rewards; set "
                                          r"correctness_reward"):
         _eval(model, tok, base_config(max_completion_length=4, reward_funcs=both), rows)
     named = _eval(model, tok, base_config(max_completion_length=4, reward_funcs=both,
-                                          correctness_reward="softthink_helpers.first_id_low_reward"), rows)
+                                          correctness_reward="tests.softthink.helpers.first_id_low_reward"), rows)
     alone = _eval(model, tok, base_config(max_completion_length=4, reward_funcs=both[1:]), rows)
     assert named["correct_counts"] == alone["correct_counts"] and named["pass@1"] < 1.0
     assert named["correctness_reward"] == named["settings"]["correctness_reward"] == both[1]
@@ -197,19 +197,19 @@ def test_eval_correctness_reward_is_named_not_the_first_one(tmp_path):
 
 def test_eval_calls_rewards_with_the_training_arguments(tmp_path):
     """Issue 13.4: eval called reward functions without completion_ids; they now get exactly what training gives."""
-    import softthink_helpers
     from softthink.trainer import SoftGRPOTrainer
+    from tests.softthink import helpers
 
     tok, model = make_tokenizer(), make_model(seed=0)
     tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     rows = [{"prompt": [{"role": "user", "content": p}], "answer": str(i)} for i, p in enumerate(PROMPTS)]
     cfg = base_config(num_generations=2, generation_batch_size=4, per_device_train_batch_size=4,
-                      max_completion_length=4, reward_funcs=["softthink_helpers.recording_reward"],
+                      max_completion_length=4, reward_funcs=["tests.softthink.helpers.recording_reward"],
                       output_dir=str(tmp_path / "run"), save_model=False, save_steps=0)
-    softthink_helpers.recording_reward.calls = []
-    SoftGRPOTrainer(model, tok, cfg, rows, reward_funcs=[softthink_helpers.recording_reward]).step()
+    helpers.recording_reward.calls = []
+    SoftGRPOTrainer(model, tok, cfg, rows, reward_funcs=[helpers.recording_reward]).step()
     _eval(model, tok, cfg, rows[:2], num_samples=2, ks=[1])
-    train, ev = softthink_helpers.recording_reward.calls
+    train, ev = helpers.recording_reward.calls
     assert sorted(train) == sorted(ev) == ["answer", "completion_ids", "completions", "prompts", "think_end"]
     for kw in (train, ev):
         assert kw["think_end"] == "</think>" and len({len(v) for k, v in kw.items() if k != "think_end"}) == 1
@@ -227,7 +227,7 @@ def test_eval_reports_distinct_thinking_traces_and_warns_when_deterministic():
 
     tok, model = make_tokenizer(), make_model(seed=0)
     cfg = base_config(max_completion_length=8, max_think_tokens=3,
-                      reward_funcs=["softthink_helpers.first_id_low_reward"])
+                      reward_funcs=["tests.softthink.helpers.first_id_low_reward"])
     rows = [{"prompt": p} for p in PROMPTS[:3]]
     with pytest.warns(UserWarning, match=r"eval soft_thinking: all 4 samples of every problem share one thinking "
                                          r"trace \(plain Soft Thinking thinks deterministically\), so pass@k "
@@ -240,7 +240,7 @@ def test_eval_reports_distinct_thinking_traces_and_warns_when_deterministic():
             res = _eval(model, tok, cfg, rows, mode=mode)
         assert max(res["think/distinct_traces"]) > 1 and all(1 <= d <= 4 for d in res["think/distinct_traces"])
     no_think = _eval(model, tok, base_config(soft_thinking=False, max_completion_length=4,
-                                             reward_funcs=["softthink_helpers.first_id_low_reward"]), rows,
+                                             reward_funcs=["tests.softthink.helpers.first_id_low_reward"]), rows,
                      mode="discrete")
     assert no_think["think/distinct_traces"] is None
 

@@ -8,7 +8,7 @@ from softthink.replay import replay_loglik
 from softthink.rollout import SoftRollout
 from softthink.noise import GumbelNoise
 from softthink.sampling import filter_distribution, filter_sparse, gumbel_density_mean, mix_embeddings, soft_token_loglik
-from softthink_helpers import base_config, left_padded_prompts, make_model, make_tokenizer
+from softthink.testing import base_config, left_padded_prompts, make_model, make_tokenizer
 
 torch.set_num_threads(1)
 CLAMP = (-1.5, 3.0)

@@ -5,7 +5,7 @@ import torch
 from softthink.noise import NOISE_VARIANTS, make_noise
 from softthink.replay import build_replay_inputs, replay_loglik
 from softthink.rollout import SoftRollout
-from softthink_helpers import base_config, left_padded_prompts, make_model, make_tokenizer
+from softthink.testing import base_config, left_padded_prompts, make_model, make_tokenizer
 
 torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from softthink.trainer import SoftGRPOTrainer
-from softthink_helpers import base_config, make_model, make_tokenizer
+from softthink.testing import base_config, make_model, make_tokenizer
 
 torch.set_num_threads(1)
 
@@ -72,7 +72,7 @@ def test_cli_lora_train_then_eval_run_dir(tmp_path):
     import yaml
 
     from softthink.cli import main
-    from softthink_helpers import save_tiny_model
+    from softthink.testing import save_tiny_model
 
     save_tiny_model(tmp_path / "tiny")
     cfg = dict(model_name_or_path=str(tmp_path / "tiny"), output_dir=str(tmp_path / "run"), max_steps=1,

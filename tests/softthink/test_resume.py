@@ -12,10 +12,9 @@ import yaml
 
 from softthink.checkpoint import CheckpointError, load_checkpoint
 from softthink.cli import main
-from softthink_helpers import make_model, save_tiny_model
+from softthink.testing import make_model, save_tiny_model
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parents[2]  # on PYTHONPATH: the reward is "tests.softthink.helpers...."
 TIMING = ("step_time", "rollout_time")
 
 
@@ -29,7 +28,7 @@ def run_config(tmp_path_factory):
                eval_dataset_size=0, num_generations=4, generation_batch_size=8, per_device_train_batch_size=4,
                gradient_accumulation_steps=1, max_completion_length=6, max_think_tokens=3, learning_rate=1e-2,
                beta=0.01, max_steps=4, save_steps=1, seed=1, torch_num_threads=1, logging_steps=100,
-               reward_funcs=["softthink_helpers.frac_low_ids_reward"], max_prompt_length=200)
+               reward_funcs=["tests.softthink.helpers.frac_low_ids_reward"], max_prompt_length=200)
     path = d / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return d, path
@@ -52,7 +51,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(run_config, capsys):
     assert main(["train", "--config", str(cfg), "--set", f"output_dir={full}"]) == 0
 
     env = {**os.environ, "SOFTTHINK_TEST_KILL_AT": "3", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+           "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "softthink", "train", "--config", str(cfg), "--set",
                            f"output_dir={killed}"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILLed inside step 3's reward call
@@ -99,7 +98,8 @@ def test_lora_resume_restores_adapter_optimizer_rng_and_prompt_order(tmp_path):
     order per step: 4 prompts, 2 per step) == 3 uninterrupted steps, for a LoRA adapter (only the adapter is in
     the checkpoint)."""
     from softthink.trainer import SoftGRPOTrainer
-    from softthink_helpers import base_config, frac_low_ids_reward, make_tokenizer
+    from softthink.testing import base_config, make_tokenizer
+    from tests.softthink.helpers import frac_low_ids_reward
 
     prompts = [f"w{5 + i} w{20 + i} w{40 + i}" for i in range(4)]
 

@@ -4,7 +4,7 @@ import torch
 
 from softthink.replay import replay_loglik
 from softthink.rollout import SoftRollout, resolve_think_end
-from softthink_helpers import EOS, THINK_END, base_config, left_padded_prompts, make_model, make_tokenizer
+from softthink.testing import EOS, THINK_END, base_config, left_padded_prompts, make_model, make_tokenizer
 
 torch.set_num_threads(1)
 
@@ -149,7 +149,7 @@ def test_plain_string_prompts_get_exactly_one_bos():
     """Issue 13.10: a plain-string prompt on a tokenizer that adds a BOS got none; now exactly one (never two),
     while chat prompts keep what their template writes and tokenizers that add no BOS add none."""
     from softthink.trainer import SoftGRPOTrainer, tokenize_prompts
-    from softthink_helpers import BOS, PAD
+    from softthink.testing import BOS, PAD
 
     tok = make_tokenizer(add_bos=True)
     assert tok("w5 w6")["input_ids"] == [BOS, 5, 6]  # the premise: this tokenizer puts BOS before plain text
@@ -169,7 +169,7 @@ def test_rollout_and_eval_stop_at_the_chat_templates_end_of_turn():
     <|im_end|> to the length limit; the chat template's end-of-turn token now stops them too."""
     from softthink.evaluate import evaluate_model
     from softthink.rollout import chat_end_of_turn_id
-    from softthink_helpers import IM_END, make_chat_tokenizer
+    from softthink.testing import IM_END, make_chat_tokenizer
 
     tok, model = make_chat_tokenizer(), make_model(seed=0)
     assert tok.eos_token_id == EOS and chat_end_of_turn_id(tok) == IM_END

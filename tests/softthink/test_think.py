@@ -2,7 +2,7 @@
 import torch
 
 from softthink.think import ThinkBoundary, ThinkEnd, resolve_think_end
-from softthink_helpers import base_config, make_tokenizer
+from softthink.testing import base_config, make_tokenizer
 
 FLAT = torch.zeros(1, 8)  # uniform next-token distribution: entropy log 8 (no Cold Stop)
 PEAKED = torch.tensor([[30.0] + [0.0] * 7])  # entropy ~0

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from softthink.trainer import SoftGRPOTrainer
-from softthink_helpers import EOS, base_config, frac_low_ids_reward, make_model, make_tokenizer
+from softthink.testing import EOS, base_config, make_model, make_tokenizer
+from tests.softthink.helpers import frac_low_ids_reward
 
 torch.set_num_threads(1)
 
