@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -41,9 +40,8 @@ def _fmt(v) -> str:
 
 
 def toy_dataset(root: Path) -> Dict:
-    """Write the synthetic test dataset (tests/genrec_fixtures.py) and return its small config."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from genrec_fixtures import small_config, write_dataset
+    """Write the synthetic test dataset (diger/testing.py) and return its small config."""
+    from diger.testing import small_config, write_dataset
 
     write_dataset(root)
     return small_config(root)

@@ -454,7 +454,7 @@ def main() -> None:
 
     print(header("python bench/speed_rec.py " + " ".join(sys.argv[1:])))
     print(f"cpu capability: {torch.backends.cpu.get_cpu_capability()} (torch.backends.cpu.get_cpu_capability())")
-    size_text = {"toy": "toy = synthetic test dataset, tiny T5 (tests/genrec_fixtures.py)",
+    size_text = {"toy": "toy = synthetic test dataset, tiny T5 (diger/testing.py)",
                  "default": "default = package ML-100K defaults (T5 2+2 layers, d_model 128, d_ff 256, d_kv 32, "
                             "64 codes x 3 levels, history 10)",
                  "official": "official = DIGER size (T5 4+4 layers, d_model 128, d_ff 512, 4 heads, d_kv 64, "

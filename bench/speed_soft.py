@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import header, table  # noqa: E402
 
 
@@ -203,7 +202,7 @@ def main() -> None:
     ap.add_argument("--grpo-len", type=int, default=32, help="GRPO step: completion length (tokens)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from softthink_helpers import make_bpe_tokenizer
+    from softthink.testing import make_bpe_tokenizer
 
     tok = make_bpe_tokenizer()
     do_roll, do_grpo = args.only != "grpo", args.only != "rollout"
