@@ -15,6 +15,13 @@ from .genrec import take_rows
 from .tiger import SemanticIDRecommender, _cfg
 
 GRADIENT_PATHS = ("true_e2e", "historical")
+#: ``target_use``: how the soft assignment's use as the soft label of the target codes trains the codebooks:
+#: ``full`` (the paper), ``stop_gradient`` (that use detached) or ``weight`` (its gradient times
+#: ``target_use_weight``); ours, issue 17: the soft-label term pulls the codes the recommender already predicts
+#: toward every target.
+TARGET_USES = ("full", "stop_gradient", "weight")
+#: ``lr_id_scale``: ``absolute`` (the paper) or ``latent_norm`` (:meth:`DIGER.codebook_lr`; ours).
+LR_ID_SCALES = ("absolute", "latent_norm")
 
 
 class DIGER(SemanticIDRecommender):
@@ -55,6 +62,16 @@ class DIGER(SemanticIDRecommender):
         build_decay(assign_mode, 1, 2, config)  # range checks of rho, momentum, lambda, schedules
         if not float(_cfg(config, "noise_mult")) >= 0:
             raise ValueError(f"noise_mult must be >= 0, got {_cfg(config, 'noise_mult')}")
+        target_use = str(_cfg(config, "target_use"))
+        if target_use not in TARGET_USES:
+            raise ValueError(f"target_use must be one of {list(TARGET_USES)}, got {target_use!r}")
+        if target_use == "weight" and not float(_cfg(config, "target_use_weight")) >= 0:
+            raise ValueError(f"target_use_weight must be >= 0, got {_cfg(config, 'target_use_weight')}")
+        lr_id_scale = str(_cfg(config, "lr_id_scale"))
+        if lr_id_scale not in LR_ID_SCALES:
+            raise ValueError(f"lr_id_scale must be one of {list(LR_ID_SCALES)}, got {lr_id_scale!r}")
+        if lr_id_scale == "latent_norm" and not float(_cfg(config, "lr_id_reference_norm")) > 0:
+            raise ValueError(f"lr_id_reference_norm must be > 0, got {_cfg(config, 'lr_id_reference_norm')}")
 
     def __init__(self, config, dataset):
         gradient_path = str(_cfg(config, "gradient_path"))
@@ -73,6 +90,8 @@ class DIGER(SemanticIDRecommender):
                           "sk_iters": int(_cfg(config, "sk_iters")), "noise_mult": noise_mult}
         self.w_balance = float(_cfg(config, "w_balance"))
         self.use_cached_forward = bool(_cfg(config, "use_cached_sinkhorn_forward"))
+        self.target_use = str(_cfg(config, "target_use"))
+        self.target_use_weight = float(_cfg(config, "target_use_weight"))
         self.w_recon = float(_cfg(config, "w_recon"))
         self.w_vq = float(_cfg(config, "w_vq"))
         self.decay = build_decay(self.assign_mode, self.code_levels, self.code_num, config)
@@ -85,12 +104,23 @@ class DIGER(SemanticIDRecommender):
     # ----- optimisation -----------------------------------------------------------------------
     joint_training = True
 
+    def codebook_lr(self, config) -> float:
+        """The codebooks' learning rate: ``lr_id`` (``lr_id_scale: absolute``, the paper), or ``lr_id`` times the
+        mean latent norm ``mean ||Enc(x)||`` over ``lr_id_reference_norm`` (``latent_norm``; ours): AdamW's step is
+        absolute, so the same ``lr_id`` moves small latents (MiniLM, norm ~0.35) relatively far more than large ones
+        (a LLaMA-architecture embedding as in LETTER, norm ~9, the default reference); scaling keeps the relative
+        step, so the paper's ``lr_id`` transfers across embedding models."""
+        lr = float(_cfg(config, "lr_id"))
+        if str(_cfg(config, "lr_id_scale")) == "latent_norm":
+            lr *= float(self._latents().norm(dim=-1)[1:].mean()) / float(_cfg(config, "lr_id_reference_norm"))
+        return lr
+
     def param_groups(self, config) -> List[Dict]:
-        """AdamW groups: recommender (``learning_rate``), codebooks (``lr_id``), sigma (``lr_sigma``)."""
+        """AdamW groups: recommender (``learning_rate``), codebooks (:meth:`codebook_lr`), sigma (``lr_sigma``)."""
         wd = float(_cfg(config, "weight_decay"))
         groups = super().param_groups(config) + [
             {"params": [p for p in self.tokenizer.quantizers.parameters() if p.requires_grad],
-             "lr": float(_cfg(config, "lr_id")), "weight_decay": wd, "name": "codebooks"},
+             "lr": self.codebook_lr(config), "weight_decay": wd, "name": "codebooks"},
         ]
         sig = [p for p in self.decay.parameters() if p.requires_grad]
         if sig:
@@ -168,7 +198,13 @@ class DIGER(SemanticIDRecommender):
         enc_emb, enc_mask = self.genrec.encoder_inputs(hist_tok, hist_mask)
         dec = self.genrec.decoder_inputs(take_rows(tok_det if "decoder" in detach else tok, inv_t))
         logits = self.genrec(enc_emb, enc_mask, dec)
-        a_t = take_rows(a.detach() if "target" in detach else a, inv_t)
+        if "target" in detach or self.target_use == "stop_gradient":
+            a_src = a.detach()
+        elif self.target_use == "weight":  # same values, the target's gradient scaled
+            a_src = a.detach() + self.target_use_weight * (a - a.detach())
+        else:
+            a_src = a
+        a_t = take_rows(a_src, inv_t)
         sem = torch.stack([-(a_t[:, l] * F.log_softmax(logits[l].float(), -1)).sum(-1).mean() for l in range(big_l)]).sum()
         suf = F.cross_entropy(logits[big_l], self.sid_table[target, big_l])
         rec = (sem + suf) / (big_l + 1)

@@ -212,3 +212,47 @@ def test_enable_amp_trains_under_bf16_autocast(toy_root, model):
         parts = net.calculate_loss(_batch(train))
     parts = parts if isinstance(parts, tuple) else (parts,)
     assert all(p.dtype == torch.float32 for p in parts)  # losses computed in fp32 under autocast
+
+
+def _rec_and_grads(net, interaction):
+    torch.manual_seed(0)
+    net.zero_grad(set_to_none=True)
+    rec = net.loss_terms(interaction)[0]
+    rec.backward()
+    return rec.detach(), [q.codebook.grad.clone() for q in net.tokenizer.quantizers]
+
+
+def test_target_use_cuts_or_scales_only_the_soft_label_gradient(toy_root):
+    _, net, train, _ = _build("DIGER", toy_root, assign_mode="det_softmax_st", gumbel_tau=50.0)
+    net.eval()  # no dropout: the calls below see the same forward pass
+    batch = _batch(train)
+    rec_full, g_full = _rec_and_grads(net, batch)
+    net.target_use = "stop_gradient"
+    rec_stop, g_stop = _rec_and_grads(net, batch)
+    assert torch.equal(rec_stop, rec_full)  # the loss value is the paper's in every mode
+    ref = _codebook_grads(net, batch, detach={"target"})
+    assert all(torch.allclose(a, b) for a, b in zip(g_stop, ref))
+    assert any(not torch.allclose(a, b) for a, b in zip(g_stop, g_full))
+    net.target_use, net.target_use_weight = "weight", 0.25
+    rec_w, g_w = _rec_and_grads(net, batch)
+    assert torch.equal(rec_w, rec_full)
+    for w, s, f in zip(g_w, g_stop, g_full):  # linear in the weight: the other uses' gradient + 0.25 x the target's
+        torch.testing.assert_close(w, s + 0.25 * (f - s), rtol=1e-4, atol=1e-9)
+
+
+def test_lr_id_latent_norm_scales_the_codebook_learning_rate(toy_root):
+    cfg, net, _, _ = _build("DIGER", toy_root, lr_id=1e-3, lr_id_scale="latent_norm", lr_id_reference_norm=2.0)
+    groups = {g["name"]: g for g in net.param_groups(cfg)}
+    mean_norm = float(net._latents()[1:].norm(dim=-1).mean())
+    assert groups["codebooks"]["lr"] == pytest.approx(1e-3 * mean_norm / 2.0, rel=1e-6)
+    cfg, net, _, _ = _build("DIGER", toy_root, lr_id=1e-3)  # absolute (the paper) is the default
+    assert {g["name"]: g for g in net.param_groups(cfg)}["codebooks"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("key,value", [("target_use", "half"), ("target_use_weight", -1.0),
+                                       ("lr_id_scale", "relative"), ("lr_id_reference_norm", 0.0)])
+def test_target_use_and_lr_id_scale_refuse_bad_values(toy_root, key, value):
+    extra = {"target_use": "weight"} if key == "target_use_weight" else (
+        {"lr_id_scale": "latent_norm"} if key == "lr_id_reference_norm" else {})
+    with pytest.raises(ValueError, match=key):
+        _build("DIGER", toy_root, **extra, **{key: value})
