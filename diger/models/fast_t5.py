@@ -4,7 +4,7 @@ The parameters have exactly the names and shapes of ``transformers.T5Model`` (``
 ``encoder.block.N.layer.0.SelfAttention.{q,k,v,o}``, ``...relative_attention_bias``, ``layer_norm``,
 ``DenseReluDense.{wi,wo}``, ``decoder.block.N.layer.1.EncDecAttention...``, ``final_layer_norm``), so an HF
 state dict loads with ``load_state_dict`` (strict) and back, and in fp32 the outputs equal HF's within
-rounding (tests/test_fast_t5.py: 1e-5). Only the ReLU feed-forward (``feed_forward_proj: relu``, the
+rounding (tests/diger/test_fast_t5.py: 1e-5). Only the ReLU feed-forward (``feed_forward_proj: relu``, the
 variant GenRec uses) is implemented. What differs is how the same arithmetic is laid out:
 
 - the query/key/value projections of a layer are one matmul (weights concatenated per call, so the

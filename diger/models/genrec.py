@@ -134,7 +134,7 @@ class GenRec(nn.Module):
 
         ``backbone: fast`` decodes all beams of a user against that user's encoder keys/values (one
         attention call, no per-beam copies); ``hf_t5`` uses HF's ``EncoderDecoderCache`` (``use_cache``)
-        or re-runs the decoder over the whole prefix. Both give the same beams (tests/test_fast_t5.py).
+        or re-runs the decoder over the whole prefix. Both give the same beams (tests/diger/test_fast_t5.py).
 
         With ``constrained`` the beams are restricted to prefixes present in ``trie`` (so every
         final beam is a distinct, valid item); otherwise decoding is free and beams that are not
