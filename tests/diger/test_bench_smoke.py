@@ -40,6 +40,16 @@ def test_ablations_smoke():
     assert "| ste |" in out and "| sdud |" in out and "test NDCG@10" in out
 
 
+def test_collapse_smoke(tmp_path):
+    out_file = tmp_path / "collapse.json"
+    out = _run("bench/collapse.py", "--smoke", "--modes", "frqud", "--out", str(out_file))
+    assert "| frqud | 0.001 | paper | 2020 |" in out and "| frqud | 0.001 | stop_target | 2020 |" in out
+    assert "nearest used per epoch" in out and "SID churn per epoch" in out
+    runs = json.loads(out_file.read_text())
+    assert sorted(k for k in runs if k != "_meta") == ["frqud/0.001/paper/2020", "frqud/0.001/stop_target/2020"]
+    assert all(len(r["epochs"]) == 2 for k, r in runs.items() if k != "_meta")
+
+
 def test_eval_memory_smoke():
     """Chunked full-sort evaluation (eval_score_chunk_mb): per-arm peak RSS table, identical metrics in every arm."""
     out = _run("bench/eval_memory.py", "--smoke")
