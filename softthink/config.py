@@ -84,7 +84,11 @@ class SoftGRPOConfig:
     kl_clamp: float = _f(10.0, "per-token k3 KL clamped to [-kl_clamp, kl_clamp]")
     scale_rewards: str = _f("group", "'group' (divide by group std), 'batch' or 'none' (Dr. GRPO)")
     adv_eps: float = _f(1e-6, "added to the std in the advantage denominator (TRL uses 1e-4)")
-    loss_type: str = _f("token_mean", "'token_mean' (verl token-mean) or 'sequence_mean' (TRL 'grpo')")
+    loss_type: str = _f("token_mean", "'token_mean' (verl token-mean; TRL 'bnpo'/'dapo'), 'sequence_mean' (TRL "
+                        "'grpo'), their TRL names 'bnpo' / 'grpo', or 'dr_grpo' (token sum / (completions x "
+                        "max_completion_length)); all normalised over the whole optimiser step (softthink/grpo.py)")
+    mask_truncated_completions: bool = _f(False, "completions cut at max_completion_length (no EOS) carry no loss "
+                                          "(TRL; DAPO's overlong filtering)")
     reward_funcs: List[str] = _f(["math_verify"], "reward names: 'math_verify' and/or 'task_scorer'")
     reward_weights: Optional[List[float]] = _f(None, "weights of reward_funcs (default all 1)")
     correctness_reward: Optional[str] = _f(None, "reward that decides correctness in `softthink eval` (a sample is "
@@ -186,8 +190,8 @@ class SoftGRPOConfig:
             raise bad("dual_clip_c", "must be > 1 (verl clip_ratio_c) or null")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise bad("scale_rewards", "expected 'group', 'batch' or 'none'")
-        if self.loss_type not in ("token_mean", "sequence_mean"):
-            raise bad("loss_type", "expected 'token_mean' or 'sequence_mean'")
+        if self.loss_type not in ("token_mean", "sequence_mean", "grpo", "bnpo", "dr_grpo"):
+            raise bad("loss_type", "expected 'token_mean', 'sequence_mean', 'grpo', 'bnpo' or 'dr_grpo'")
         if not self.reward_funcs:
             raise bad("reward_funcs", "needs at least one reward")
         if self.correctness_reward is not None and not self.correctness_reward:

@@ -19,7 +19,20 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["group_advantages", "k3_kl", "policy_loss", "masked_mean", "nanstd", "loss_normalizer"]
+__all__ = ["group_advantages", "k3_kl", "policy_loss", "masked_mean", "nanstd", "loss_normalizer", "LOSS_TYPES"]
+
+#: ``loss_type`` values. Each optimiser step's loss is a sum over its loss tokens divided by a normaliser taken over
+#: the whole step (all micro-batches and processes):
+#:
+#: * ``token_mean`` (default; verl ``token-mean``, TRL ``dapo``) and its TRL name ``bnpo``: sum / loss tokens;
+#: * ``sequence_mean`` and its TRL name ``grpo``: per-completion token mean, summed, / completions with a loss token;
+#: * ``dr_grpo`` (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783): sum / (completions x ``max_completion_length``), a
+#:   constant, so that neither the length of a completion nor the group's number of tokens rescales its tokens.
+#:
+#: TRL normalises ``bnpo`` and ``dr_grpo`` per local micro-batch, so there its update depends on the micro-batch
+#: split; here it does not (the same normalisation over the whole step).
+LOSS_TYPES = ("token_mean", "sequence_mean", "grpo", "bnpo", "dr_grpo")
+_ALIASES = {"grpo": "sequence_mean", "bnpo": "token_mean"}
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -94,19 +107,26 @@ def k3_kl(ell: torch.Tensor, ell_ref: torch.Tensor, clamp: float = 10.0) -> torc
     return (torch.exp(d) - d - 1.0).clamp(-clamp, clamp)
 
 
-def loss_normalizer(mask: torch.Tensor, loss_type: str = "token_mean") -> float:
-    """The units a loss averages over: loss tokens (``"token_mean"``) or sequences with at least one loss token
-    (``"sequence_mean"``) in ``mask [B, L]``. Sum it over a step's micro-batches (and processes) and pass the
-    total to :func:`policy_loss` as ``normalizer``.
+def loss_normalizer(mask: torch.Tensor, loss_type: str = "token_mean", *,
+                    max_completion_length: Optional[int] = None) -> float:
+    """The units a loss averages over (:data:`LOSS_TYPES`): loss tokens (``"token_mean"`` / ``"bnpo"``), sequences
+    with at least one loss token (``"sequence_mean"`` / ``"grpo"``) or completions x ``max_completion_length``
+    (``"dr_grpo"``) in ``mask [B, L]``. Sum it over a step's micro-batches (and processes) and pass the total to
+    :func:`policy_loss` as ``normalizer``.
 
     Raises:
-        ValueError: on an unknown ``loss_type``.
+        ValueError: on an unknown ``loss_type``, or ``dr_grpo`` without ``max_completion_length``.
     """
+    loss_type = _ALIASES.get(loss_type, loss_type)
     if loss_type == "token_mean":
         return float(mask.sum())
     if loss_type == "sequence_mean":
         return float((mask.sum(-1) > 0).sum())
-    raise ValueError(f"policy_loss: loss_type must be 'token_mean' or 'sequence_mean', got {loss_type!r}")
+    if loss_type == "dr_grpo":
+        if not max_completion_length:
+            raise ValueError("loss_normalizer: loss_type 'dr_grpo' needs max_completion_length")
+        return float(mask.shape[0] * int(max_completion_length))
+    raise ValueError(f"policy_loss: loss_type must be one of {list(LOSS_TYPES)}, got {loss_type!r}")
 
 
 def policy_loss(
@@ -123,6 +143,7 @@ def policy_loss(
     kl_clamp: float = 10.0,
     loss_type: str = "token_mean",
     normalizer: Optional[float] = None,
+    max_completion_length: Optional[int] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """PPO-clip loss with dual clip and k3 KL, aggregated per token or per sequence (verl ``compute_policy_loss``).
 
@@ -136,8 +157,9 @@ def policy_loss(
         advantages: ``[B]`` or ``[B, 1]`` per-completion advantages.
         mask: ``[B, L]`` bool/0-1, tokens that carry loss.
         ell_ref: ``[B, L]`` frozen-reference log-likelihoods; required when ``beta > 0``.
-        loss_type: ``"token_mean"`` (mean over every loss token, verl ``token-mean``) or ``"sequence_mean"``
-            (per-sequence token mean, then the mean over sequences: TRL ``grpo``).
+        loss_type: one of :data:`LOSS_TYPES`: ``"token_mean"`` / ``"bnpo"`` (mean over every loss token, verl
+            ``token-mean``), ``"sequence_mean"`` / ``"grpo"`` (per-sequence token mean, then the mean over
+            sequences) or ``"dr_grpo"`` (token sum over completions x ``max_completion_length``).
         normalizer: the optimiser step's total of :func:`loss_normalizer` over all its micro-batches (with
             gradients averaged over N processes: the all-reduced total divided by N), so that the micro-batch
             losses add up to the step's mean whatever the split; None = this batch's own total (the loss is then
@@ -150,7 +172,8 @@ def policy_loss(
         ValueError: if ``beta > 0`` and ``ell_ref`` is None, on an unknown ``loss_type``, or ``normalizer <= 0``.
     """
     eps_hi = epsilon if epsilon_high is None else epsilon_high
-    own = max(loss_normalizer(mask, loss_type), 1.0)
+    own = max(loss_normalizer(mask, loss_type, max_completion_length=max_completion_length), 1.0)
+    loss_type = _ALIASES.get(loss_type, loss_type)
     if normalizer is None:
         normalizer = own
     elif not normalizer > 0:
@@ -165,7 +188,7 @@ def policy_loss(
         pg = torch.where(A < 0, torch.minimum(pg, -dual_clip_c * A), pg)
 
     def agg(x: torch.Tensor) -> torch.Tensor:
-        if loss_type == "token_mean":
+        if loss_type in ("token_mean", "dr_grpo"):
             return (x * mask_f).sum()
         return ((x * mask_f).sum(-1) / mask_f.sum(-1).clamp(min=1.0)).sum()
 

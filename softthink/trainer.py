@@ -372,7 +372,10 @@ class SoftGRPOTrainer:
         for start in range(0, N, micro):
             sl = slice(start, start + micro)
             t, p, pm = _trim(traj.index(sl), pids[sl], pmask[sl])
-            micro_batches.append(MicroBatch(t, p, pm, t.loss_mask & scorable[sl, None], adv[sl]))
+            lmask = t.loss_mask & scorable[sl, None]
+            if args.mask_truncated_completions:  # overlong completions (no EOS) carry no loss
+                lmask = lmask & t.eos[:, None]
+            micro_batches.append(MicroBatch(t, p, pm, lmask, adv[sl]))
         on_policy = args.num_iterations == 1 and N // args.mini_batch_size == 1
         with torch.no_grad():
             for mbat in micro_batches:
@@ -400,7 +403,8 @@ class SoftGRPOTrainer:
         for it in range(args.num_iterations):
             for m0 in range(0, len(micro_batches), ga):
                 group = micro_batches[m0:m0 + ga]
-                units = sum(loss_normalizer(mbat.loss_mask, args.loss_type) for mbat in group)
+                units = sum(loss_normalizer(mbat.loss_mask, args.loss_type,
+                                            max_completion_length=args.max_completion_length) for mbat in group)
                 total = float(self.dist.all_reduce_sum(torch.tensor([units], dtype=torch.float64))[0])
                 # the gradients are averaged over processes, hence the total over all processes / their number
                 normalizer = max(total, 1.0) / self.dist.world
@@ -431,11 +435,12 @@ class SoftGRPOTrainer:
         loss, lm = policy_loss(
             ell, old, mbat.advantages, lmask, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
             dual_clip_c=args.dual_clip_c, beta=args.beta, ell_ref=mbat.ell_ref, kl_clamp=args.kl_clamp,
-            loss_type=args.loss_type, normalizer=normalizer,
+            loss_type=args.loss_type, normalizer=normalizer, max_completion_length=args.max_completion_length,
         )
         loss.backward()
         lm["loss"] = lm["policy_loss"] + args.beta * lm.get("kl", 0.0)
-        n_units, n_tok = loss_normalizer(lmask, args.loss_type), float(lmask.sum())
+        n_units = loss_normalizer(lmask, args.loss_type, max_completion_length=args.max_completion_length)
+        n_tok = float(lmask.sum())
         weights = {"loss": n_units, "policy_loss": n_units, "kl": n_units}
         if first_pass:
             lm["entropy"] = float(masked_mean(ent, lmask))

@@ -85,7 +85,7 @@ def test_sequence_mean_and_normalizer():
         policy_loss(ell, ell, A, mask, normalizer=0.0)
 
 
-@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
+@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean", "grpo", "bnpo", "dr_grpo"])
 def test_loss_and_gradient_do_not_depend_on_the_micro_batch_split(loss_type):
     """Issue 13.1: completions of 1 and 3 tokens with advantages +1 / -1 gave loss and gradient 0.5 as one
     micro-batch and 0.0 as two (each micro-batch's own token mean / 2). With the step's total as the normaliser
@@ -96,9 +96,9 @@ def test_loss_and_gradient_do_not_depend_on_the_micro_batch_split(loss_type):
 
     def run(parts):
         ell = ell0.clone().requires_grad_(True)
-        total = sum(loss_normalizer(mask[p], loss_type) for p in parts)
-        loss = sum(policy_loss(ell[p], ell[p].detach(), A[p], mask[p], loss_type=loss_type, normalizer=total)[0]
-                   for p in parts)
+        total = sum(loss_normalizer(mask[p], loss_type, max_completion_length=4) for p in parts)
+        loss = sum(policy_loss(ell[p], ell[p].detach(), A[p], mask[p], loss_type=loss_type, normalizer=total,
+                               max_completion_length=4)[0] for p in parts)
         loss.backward()
         return float(loss.detach()), ell.grad
 
@@ -108,8 +108,11 @@ def test_loss_and_gradient_do_not_depend_on_the_micro_batch_split(loss_type):
     torch.testing.assert_close(g_whole, g_split, atol=1e-7, rtol=0)
     two, _ = run([slice(0, 2)])
     two_split, _ = run([slice(0, 1), slice(1, 2)])
-    expected = {"token_mean": 0.5, "sequence_mean": 0.0}[loss_type]  # (-1*1 + 1*3) / 4 tokens; (-1 + 1) / 2
+    # (-1*1 + 1*3) / 4 tokens; (-1 + 1) / 2 completions; (-1*1 + 1*3) / (2 completions x 4 positions)
+    expected = {"token_mean": 0.5, "bnpo": 0.5, "sequence_mean": 0.0, "grpo": 0.0, "dr_grpo": 0.25}[loss_type]
     assert abs(two - expected) < 1e-6 and abs(two_split - expected) < 1e-6
+    if loss_type == "dr_grpo":  # a constant normaliser: every token's gradient is -A / (N x L_max)
+        assert abs(whole - (-1 + 3 - 0.5 * 2) / 12) < 1e-6
     if loss_type == "token_mean":
         assert abs(whole - (-1 + 3 - 0.5 * 2) / 6) < 1e-6
 
@@ -131,3 +134,11 @@ def test_unscorable_rewards_are_left_out_of_their_group():
     torch.testing.assert_close(c[1:4], (torch.tensor([1.0, 0.0, 1.0]) - 2 / 3) /
                                (torch.tensor([1.0, 0.0, 1.0, 2.0, 2.0, 0.0, 0.0]).std() + 1e-6))
     assert c[0] == 0
+
+
+def test_dr_grpo_needs_the_completion_budget_and_unknown_loss_types_are_refused():
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="max_completion_length"):
+        loss_normalizer(mask, "dr_grpo")
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        loss_normalizer(mask, "dapo_plus")

@@ -109,7 +109,7 @@ def _grads_after_one_step(tmp_path, micro, acc, loss_type, reward=None, **kw):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, m
 
 
-@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
+@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean", "dr_grpo"])
 def test_gradient_does_not_depend_on_the_micro_batch_size(tmp_path, loss_type):
     """Issue 13.1: per_device_train_batch_size=4 x 1, 2 x 2 and 1 x 4 micro-batches give the same loss and
     gradient on completions of unequal length (before the fix the 1 x 4 gradient differed from the 4 x 1 one by
@@ -248,3 +248,17 @@ def test_missing_reward_columns_are_errors_at_construction_and_call(tmp_path):
                                                   r"dataset row \d+: the dataset has no column 'gold' \(the row's "
                                                   r"columns: \['prompt', 'question'\]\)$"):
         tr.step()
+
+
+def test_mask_truncated_completions_carry_no_loss(tmp_path):
+    tok, model = make_tokenizer(), make_model(seed=1)
+    cfg = _toy_cfg(tmp_path, max_completion_length=6, max_steps=1, generation_batch_size=16,
+                   per_device_train_batch_size=8, mask_truncated_completions=True)
+    tr = SoftGRPOTrainer(model, tok, cfg, [{"prompt": p} for p in PROMPTS], reward_funcs=[frac_low_ids_reward])
+    batch = tr.generate_and_score()
+    eos = torch.cat([mb.traj.eos for mb in batch.micro_batches])
+    masks = [mb.loss_mask for mb in batch.micro_batches]
+    assert bool((~eos).any()) and bool(eos.any())  # the premise: some completions were cut, some ended
+    for mb, m in zip(batch.micro_batches, masks):
+        assert not m[~mb.traj.eos].any()  # cut completions: no loss token
+        assert torch.equal(m[mb.traj.eos], mb.traj.loss_mask[mb.traj.eos])  # the others keep theirs
