@@ -72,8 +72,8 @@ def cmd_train(a) -> int:
     _setup(cfg)
     out = Path(cfg.output_dir)
     model, tok = load_model_and_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
-    train_ds, _ = make_train_eval_datasets(cfg)
-    trainer = SoftGRPOTrainer(model, tok, cfg, train_ds)
+    train_ds, eval_ds = make_train_eval_datasets(cfg)
+    trainer = SoftGRPOTrainer(model, tok, cfg, train_ds, eval_dataset=eval_ds if cfg.eval_steps else None)
     main = trainer.is_main_process
     if last is not None:
         trainer.load_checkpoint(last, ckpt)

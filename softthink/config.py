@@ -52,6 +52,11 @@ class SoftGRPOConfig:
     save_steps: int = _f(10, "write output_dir/last.pth (full training state for `softthink train --resume`) every "
                          "this many steps and after the last one; 0 = never")
     torch_num_threads: Optional[int] = _f(None, "torch.set_num_threads; None keeps torch's default")
+    eval_steps: int = _f(0, "validation every this many steps and after the last one (verl test_freq): pass@1 and "
+                         "unbiased pass@k on the held-out set into metrics.jsonl as eval/pass@k; 0 = off")
+    eval_num_samples: int = _f(4, "validation: samples per held-out problem (n of pass@k)")
+    eval_mode: Optional[str] = _f(None, "validation inference mode (softthink eval --mode); None = the run's own "
+                                  "('soft' with soft_thinking, else 'discrete')")
 
     # --- data ----------------------------------------------------------------------------------------
     dataset_name: str = _f("basic_arithmetic", "reasoning-gym task name (training problems)")
@@ -187,6 +192,13 @@ class SoftGRPOConfig:
             raise bad("save_steps", "must be >= 0 (0 disables resumable checkpoints)")
         if self.eval_dataset_size < 0:
             raise bad("eval_dataset_size", "must be >= 0")
+        if self.eval_steps < 0:
+            raise bad("eval_steps", "must be >= 0 (0 disables validation during training)")
+        if self.eval_num_samples < 1:
+            raise bad("eval_num_samples", "must be >= 1")
+        if self.eval_mode is not None and self.eval_mode not in ("discrete", "soft", "soft_thinking", "gumbel_soft",
+                                                                 "softgrpo"):
+            raise bad("eval_mode", "expected 'discrete', 'soft', 'soft_thinking', 'gumbel_soft', 'softgrpo' or null")
         if self.max_rows is not None and self.max_rows < 1:
             raise bad("max_rows", "must be >= 1 or null")
         if not self.learning_rate >= 0:

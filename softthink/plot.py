@@ -14,6 +14,7 @@ PLOTS = {
     "reward.png": ("reward", "mean reward"),
     "completion_length.png": ("completions/mean_length", "mean completion length (tokens)"),
     "kl.png": ("kl", "k3 KL to the reference (token mean)"),
+    "eval_pass_at_k.png": ("eval/pass@", "held-out pass@k (validation during training)"),
 }
 
 
@@ -49,11 +50,22 @@ def plot_run(run_dir: str | Path) -> List[Path]:
     rows = read_metrics(run_dir)
     out = []
     for name, (key, label) in PLOTS.items():
-        xs = [r["step"] for r in rows if key in r and r[key] is not None]
-        ys = [r[key] for r in rows if key in r and r[key] is not None]
+        if key.endswith("@"):  # a family of metrics (eval/pass@1, eval/pass@4, ...): one line each, if any
+            keys = sorted({k for r in rows for k in r if k.startswith(key)}, key=lambda k: int(k[len(key):]))
+            if not keys:
+                continue
+        else:
+            keys = [key]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(xs, ys, marker="o", ms=3)
+        for k in keys:
+            xs = [r["step"] for r in rows if k in r and r[k] is not None]
+            ys = [r[k] for r in rows if k in r and r[k] is not None]
+            ax.plot(xs, ys, marker="o", ms=3, label=k if len(keys) > 1 or k != key else None)
+        if len(keys) > 1 or keys[0] != key:
+            ax.legend(loc="best")
         if key == "reward" and any("reward_std" in r for r in rows):
+            xs = [r["step"] for r in rows if key in r and r[key] is not None]
+            ys = [r[key] for r in rows if key in r and r[key] is not None]
             sd = [r.get("reward_std", 0.0) for r in rows if key in r]
             ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], alpha=0.2,
                             label="± mean group std")

@@ -147,7 +147,8 @@ class SoftGRPOTrainer:
     """
 
     def __init__(self, model, tokenizer, args: SoftGRPOConfig, train_dataset,
-                 reward_funcs: Optional[Sequence[Union[str, RewardFunc]]] = None, ref_model=None, peft_config=None):
+                 reward_funcs: Optional[Sequence[Union[str, RewardFunc]]] = None, ref_model=None, peft_config=None,
+                 eval_dataset=None):
         if args.soft_thinking and not make_noise(args).has_density:
             if args.soft_noise == "none":
                 raise ValueError("SoftGRPOConfig.soft_noise='none' (plain Soft Thinking) has no density and cannot "
@@ -173,6 +174,17 @@ class SoftGRPOTrainer:
             raise ValueError(f"reward_weights has {len(w)} values for {len(self.reward_funcs)} reward functions")
         self.reward_weights = torch.tensor(w, dtype=torch.float32)
         check_reward_columns(self.reward_funcs, self.reward_names, self.rows[0].keys())
+        self.eval_dataset = None
+        if args.eval_steps:
+            from .evaluate import correctness_reward_name
+
+            if eval_dataset is None:
+                raise ValueError(f"SoftGRPOConfig.eval_steps={args.eval_steps} needs an eval_dataset (the held-out "
+                                 "problems); pass one, or set eval_steps: 0")
+            name = correctness_reward_name(args)
+            check_reward_columns(get_reward_funcs([name]), [name], dataset_rows(eval_dataset, "eval_dataset")[0].keys(),
+                                 "eval_dataset")
+            self.eval_dataset = eval_dataset
         self.device = next(model.parameters()).device
         self.dist = ProcessLayout(args, self.device)
         self.dist.broadcast_parameters(model)  # every process starts from the main process's weights
@@ -290,6 +302,8 @@ class SoftGRPOTrainer:
             self.history.append(m)
             step = self.state["global_step"]
             if main:
+                if args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps):
+                    m.update(self.validate())
                 atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
                 if args.save_steps and (step % args.save_steps == 0 or step == args.max_steps):
                     self.save_checkpoint()
@@ -303,6 +317,23 @@ class SoftGRPOTrainer:
             self.save_model()
         self.dist.barrier()
         return self.history
+
+    def validate(self) -> Dict[str, float]:
+        """pass@1 and unbiased pass@k (k = 1, 2, 4, ... up to ``eval_num_samples``) of the current policy on the
+        held-out set (:func:`softthink.evaluate.evaluate_model`, inference mode ``eval_mode``), as
+        ``{"eval/pass@k": ..., "eval/mean_length": ...}``. Sampling uses its own per-problem generators, so
+        validation never changes the training run. Main process only."""
+        from .evaluate import evaluate_model
+
+        args = self.args
+        n = args.eval_num_samples
+        ks = sorted({1, n} | {2 ** i for i in range(1, n.bit_length()) if 2 ** i <= n})
+        mode = args.eval_mode or ("soft" if args.soft_thinking else "discrete")
+        res = evaluate_model(self.model, self.tokenizer, args, self.eval_dataset, mode=mode, num_samples=n, ks=ks,
+                             seed=args.seed, progress=False)
+        out = {f"eval/pass@{k}": float(res[f"pass@{k}"]) for k in ks}
+        out["eval/mean_length"] = float(res["completions/mean_length"])
+        return out
 
     def step(self) -> Dict[str, float]:
         """One rollout + update step over the global batch; returns its (global) metrics.

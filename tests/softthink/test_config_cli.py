@@ -66,6 +66,11 @@ def test_plot_writes_pngs(tmp_path):
     rows = [{"step": i + 1, "reward": 0.1 * i, "reward_std": 0.2, "completions/mean_length": 20 + i,
              "kl": 0.01 * i} for i in range(5)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = plot_run(tmp_path)  # no validation metrics: no pass@k figure
+    assert sorted(p.name for p in paths) == sorted(set(PLOTS) - {"eval_pass_at_k.png"})
+    for r in rows[1::2]:  # validation every 2 steps
+        r.update({"eval/pass@1": 0.2, "eval/pass@4": 0.5})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     paths = plot_run(tmp_path)
     assert sorted(p.name for p in paths) == sorted(PLOTS)
     for p in paths:

@@ -262,3 +262,35 @@ def test_mask_truncated_completions_carry_no_loss(tmp_path):
     for mb, m in zip(batch.micro_batches, masks):
         assert not m[~mb.traj.eos].any()  # cut completions: no loss token
         assert torch.equal(m[mb.traj.eos], mb.traj.loss_mask[mb.traj.eos])  # the others keep theirs
+
+
+def test_validation_during_training_writes_pass_at_k_and_leaves_training_unchanged(tmp_path):
+    from softthink.plot import plot_run
+
+    def reward(prompts, completions, completion_ids, answer, **kw):  # correct = first id below 34
+        return [1.0 if ids and ids[0] < 34 else 0.0 for ids in completion_ids]
+
+    data = [{"prompt": p, "answer": "x"} for p in PROMPTS]
+    runs = {}
+    for eval_steps in (0, 2):
+        cfg = _toy_cfg(tmp_path / str(eval_steps), max_steps=3, generation_batch_size=16,
+                       per_device_train_batch_size=8, eval_steps=eval_steps, eval_num_samples=4,
+                       correctness_reward="tests.softthink.helpers.first_id_low_reward")
+        model = make_model(seed=1)
+        tr = SoftGRPOTrainer(model, make_tokenizer(), cfg, data, reward_funcs=[reward], eval_dataset=data[:3])
+        hist = tr.train()
+        runs[eval_steps] = (hist, {n: p.detach().clone() for n, p in model.named_parameters()})
+    (plain, w0), (val, w2) = runs[0], runs[2]
+    assert all(torch.equal(w0[n], w2[n]) for n in w0)  # validation draws from its own generators
+    rows = [json.loads(line) for line in (tmp_path / "2" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in r if k.startswith("eval/")) for r in rows] == \
+        [[], ["eval/mean_length", "eval/pass@1", "eval/pass@2", "eval/pass@4"]] * 1 + \
+        [["eval/mean_length", "eval/pass@1", "eval/pass@2", "eval/pass@4"]]
+    assert 0.0 <= rows[1]["eval/pass@1"] <= rows[1]["eval/pass@4"] <= 1.0
+    for a, b in zip(plain, val):
+        assert {k: v for k, v in b.items() if not k.startswith("eval/") and "time" not in k} == \
+            {k: v for k, v in a.items() if "time" not in k}
+    assert (tmp_path / "2" / "run" / "eval_pass_at_k.png") in plot_run(tmp_path / "2" / "run")
+    with pytest.raises(ValueError, match="eval_steps=2 needs an eval_dataset"):
+        SoftGRPOTrainer(make_model(seed=1), make_tokenizer(), _toy_cfg(tmp_path, eval_steps=2), data,
+                        reward_funcs=[reward])
