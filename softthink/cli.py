@@ -41,7 +41,7 @@ def cmd_train(a) -> int:
     from .checkpoint import LAST, RUN_JSON, CheckpointError, load_checkpoint
     from .config import SoftGRPOConfig, load_yaml_config
     from .data import make_train_eval_datasets
-    from .models import load_model_and_tokenizer
+    from .models import load_policy
     from .trainer import SoftGRPOTrainer, atomic_write_text
 
     t0 = time.time()
@@ -71,7 +71,7 @@ def cmd_train(a) -> int:
         cfg = load_yaml_config(a.config, over)
     _setup(cfg)
     out = Path(cfg.output_dir)
-    model, tok = load_model_and_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
+    model, tok = load_policy(cfg)
     train_ds, eval_ds = make_train_eval_datasets(cfg)
     trainer = SoftGRPOTrainer(model, tok, cfg, train_ds, eval_dataset=eval_ds if cfg.eval_steps else None)
     main = trainer.is_main_process
@@ -116,7 +116,7 @@ def cmd_eval(a) -> int:
 
     from .data import load_dataset_file, make_train_eval_datasets
     from .evaluate import evaluate_model, write_eval
-    from .models import load_model_and_tokenizer
+    from .models import load_policy
 
     model_path = a.model
     run_model = Path(model_path) / "model"
@@ -142,7 +142,9 @@ def cmd_eval(a) -> int:
             raise ValueError(f"--k {k} > --num-samples {a.num_samples}: pass@k needs k <= n")
         if k < 1:
             raise ValueError(f"--k values must be >= 1, got {k}")
-    model, tok = load_model_and_tokenizer(model_path, trust_remote_code=a.trust_remote_code)
+    if a.trust_remote_code:
+        cfg = dataclasses.replace(cfg, trust_remote_code=True)
+    model, tok = load_policy(cfg, model_path)
     model.eval()
     if a.dataset is not None:  # the file (or its split) is the evaluation set, the first --num-problems rows
         eval_ds = load_dataset_file(a.dataset, split=a.split or "train", prompt_column=cfg.prompt_column,

