@@ -111,6 +111,10 @@ class SoftGRPOConfig:
     loss_type: str = _f("token_mean", "'token_mean' (verl token-mean; TRL 'bnpo'/'dapo'), 'sequence_mean' (TRL "
                         "'grpo'), their TRL names 'bnpo' / 'grpo', or 'dr_grpo' (token sum / (completions x "
                         "max_completion_length)); all normalised over the whole optimiser step (softthink/grpo.py)")
+    dynamic_sampling: bool = _f(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal and refill "
+                                "the batch with new prompts (one process only)")
+    max_num_gen_batches: int = _f(4, "dynamic sampling: prompt lists rolled out per step at most; when they run "
+                                  "out, dropped groups fill the batch without loss")
     mask_truncated_completions: bool = _f(False, "completions cut at max_completion_length (no EOS) carry no loss "
                                           "(TRL; DAPO's overlong filtering)")
     reward_funcs: List[str] = _f(["math_verify"], "reward names: 'math_verify' and/or 'task_scorer'")
@@ -204,6 +208,8 @@ class SoftGRPOConfig:
             raise bad("torch_dtype", "expected 'float32', 'bfloat16', 'float16' or 'auto'")
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
             raise bad("device", "expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.max_num_gen_batches < 1:
+            raise bad("max_num_gen_batches", "must be >= 1")
         if self.eval_steps < 0:
             raise bad("eval_steps", "must be >= 0 (0 disables validation during training)")
         if self.eval_num_samples < 1:

@@ -20,7 +20,7 @@ from .noise import embedding_rms, make_noise, position_loglik
 from .sampling import filter_distribution, filter_sparse, mix_embeddings
 from .think import ThinkBoundary, ThinkEnd, resolve_think_end  # noqa: F401 (ThinkEnd re-exported)
 
-__all__ = ["Trajectory", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions",
+__all__ = ["Trajectory", "concat_trajectories", "ThinkEnd", "resolve_think_end", "SoftRollout", "call_model", "prompt_positions",
            "GroupGenerators", "NonFiniteLogitsError", "chat_end_of_turn_id"]
 
 
@@ -141,6 +141,19 @@ class Trajectory:
     def index(self, rows) -> "Trajectory":
         """The trajectory restricted to batch rows ``rows`` (a slice or an index tensor)."""
         return Trajectory(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
+def concat_trajectories(parts: Sequence[Trajectory]) -> Trajectory:
+    """The rows of several trajectories in one, the shorter ones padded at the end of the response (zeros /
+    False: outside ``resp_mask``, so the padding carries no loss and is never replayed)."""
+    L = max(p.tok.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() < 2 or t.shape[1] == L:
+            return t
+        return torch.cat([t, t.new_zeros((t.shape[0], L - t.shape[1], *t.shape[2:]))], 1)
+
+    return Trajectory(**{f.name: torch.cat([pad(getattr(p, f.name)) for p in parts], 0) for f in fields(Trajectory)})
 
 
 _SIG_CACHE: dict = {}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 from diger.infra import atomic_dir, atomic_write_text  # noqa: F401 (re-exported: softthink.trainer.atomic_write_text)
 
@@ -30,7 +31,7 @@ from .replay import replay_loglik
 from .prompts import (completion_token_ids, dataset_rows, decode_completions, encode_prompts,  # noqa: F401
                       preview, prompt_texts, tokenize_prompts)
 from .rewards import RewardFunc, RewardFunctionError, check_reward_columns, get_reward_funcs, score_completions  # noqa: F401
-from .rollout import GroupGenerators, NonFiniteLogitsError, SoftRollout, Trajectory
+from .rollout import GroupGenerators, NonFiniteLogitsError, SoftRollout, Trajectory, concat_trajectories
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,10 @@ class SoftGRPOTrainer:
             self.eval_dataset = eval_dataset
         self.device = next(model.parameters()).device
         self.dist = ProcessLayout(args, self.device)
+        if args.dynamic_sampling and self.dist.world > 1:
+            raise ValueError("SoftGRPOConfig.dynamic_sampling runs on one process only for now (the refill would "
+                             f"have to be coordinated across {self.dist.world} processes); set dynamic_sampling: false")
+        self._dyn_stats: Dict[str, float] = {}
         self.dist.broadcast_parameters(model)  # every process starts from the main process's weights
         if peft_config is None and args.use_peft:
             peft_config = lora_config_from_args(args)
@@ -357,8 +362,83 @@ class SoftGRPOTrainer:
         self.state["global_step"] += 1
         m = self._metrics(batch.rewards_all, batch.per_func_all, self.dist.gather_rows(_row_stats(batch.traj)), acc,
                           grad_norms, batch.rollout_time, time.time() - t0, batch.rewards, batch.completions)
+        if self.args.dynamic_sampling:
+            m.update(self._dyn_stats)
         self._warn_if_truncated(m, batch.rewards_all)
         return m
+
+    def _roll_and_reward(self, order: List[int], step_no: int, seeds: List[int]):
+        """Roll out and score this process's groups of the prompt list ``order`` (dataset rows, global order), the
+        group of local prompt ``i`` with a generator seeded ``seeds[i]``. Returns ``(rows, row_ids, prompt_ids,
+        prompt_mask, traj, completions, rewards [N], per_func [N, F])``; every process stops together on an error."""
+        args, G = self.args, self.args.num_generations
+        row_ids = [order[k] for k in self.dist.local_positions for _ in range(G)]
+        rows = [self.rows[i] for i in row_ids]
+        err = out = None
+        try:
+            pids, pmask = tokenize_prompts(self.tokenizer, [r["prompt"] for r in rows], args.max_prompt_length,
+                                           self.device, row_ids=row_ids)
+            gens = GroupGenerators([torch.Generator(device=self.device).manual_seed(s) for s in seeds],
+                                   [G] * len(seeds))
+            try:
+                traj = self.rollout.generate(pids, pmask, generator=gens)
+            except NonFiniteLogitsError as exc:
+                b = exc.rows[0]
+                raise NonFiniteLogitsError(
+                    f"step {step_no + 1}: {exc.what} at completion position {exc.position} of dataset row "
+                    f"{row_ids[b]} (prompt {preview(rows[b]['prompt'])}), generation {b % G} of {G}",
+                    exc.position, exc.rows, exc.what) from None
+            completions = decode_completions(self.tokenizer, traj)
+            rewards, per_func = self.compute_rewards(rows, completions, traj, row_ids=row_ids)
+            out = (rows, row_ids, pids, pmask, traj, completions, rewards, per_func)
+        except Exception as exc:  # every process stops at the same point, none waits in a collective
+            err = exc
+        self.dist.raise_if_failed(err, f"step {step_no + 1}")
+        return out
+
+    def _dynamically_sampled(self, order: List[int], step_no: int):
+        """DAPO's dynamic sampling (Yu et al. 2025, arXiv 2503.14476): roll out prompt lists until
+        ``prompts_per_step`` groups with a non-zero reward spread are collected (at most ``max_num_gen_batches``
+        lists; the extra prompts come from the epoch order, each group seeded ``prompt_seed(seed, step, r * P + i)``
+        in round ``r``); groups whose scorable rewards are all equal are dropped. When the rounds run out, the batch
+        is filled with dropped groups that carry no loss (``trainable`` False), so its size stays
+        ``generation_batch_size``; ``dynamic_sampling/*`` metrics record it. One process only.
+
+        Returns:
+            ``_roll_and_reward``'s tuple for the kept groups, preceded by their prompt list and followed by
+            ``trainable [N]`` bool.
+        """
+        args, G, P = self.args, self.args.num_generations, self.args.prompts_per_step
+        kept, dropped, rounds = [], [], 0
+        while len(kept) < P and rounds < args.max_num_gen_batches:
+            if rounds:
+                order = self._next_prompts()
+            out = self._roll_and_reward(order, step_no, [prompt_seed(args.seed, step_no, rounds * P + k)
+                                                         for k in range(P)])
+            r = out[6].view(P, G)
+            valid = ~torch.isnan(r)
+            spread = r.masked_fill(~valid, float("-inf")).amax(-1) > r.masked_fill(~valid, float("inf")).amin(-1)
+            for g in range(P):
+                (kept if bool(spread[g]) else dropped).append((order[g], out, g))
+            rounds += 1
+        groups = kept[:P] + dropped[:max(0, P - len(kept))]
+        self._dyn_stats = {"dynamic_sampling/rounds": float(rounds),
+                           "dynamic_sampling/filler_groups": float(max(0, P - len(kept)))}
+        rows = [r for _, out, g in groups for r in out[0][g * G:(g + 1) * G]]
+        row_ids = [i for _, out, g in groups for i in out[1][g * G:(g + 1) * G]]
+        pad = self.tokenizer.pad_token_id
+        width = max(out[2].shape[1] for _, out, _ in groups)
+        pids = torch.cat([F.pad(out[2][g * G:(g + 1) * G], (width - out[2].shape[1], 0), value=pad)
+                          for _, out, g in groups])
+        pmask = torch.cat([F.pad(out[3][g * G:(g + 1) * G], (width - out[3].shape[1], 0), value=0)
+                           for _, out, g in groups])
+        traj = concat_trajectories([out[4].index(slice(g * G, (g + 1) * G)) for _, out, g in groups])
+        completions = [c for _, out, g in groups for c in out[5][g * G:(g + 1) * G]]
+        rewards = torch.cat([out[6][g * G:(g + 1) * G] for _, out, g in groups])
+        per_func = torch.cat([out[7][g * G:(g + 1) * G] for _, out, g in groups])
+        trainable = torch.tensor([k < len(kept) for k in range(P) for _ in range(G)])
+        return ([o for o, _, _ in groups], rows, row_ids, pids, pmask, traj, completions, rewards, per_func,
+                trainable)
 
     def generate_and_score(self) -> "StepBatch":
         """Phase 1 of :meth:`step`: this process's prompts of the step -> rollouts -> rewards -> group advantages
@@ -368,34 +448,21 @@ class SoftGRPOTrainer:
         t0 = time.time()
         step_no = self.state["global_step"]
         order = self._next_prompts()
-        positions = self.dist.local_positions
-        row_ids = [order[k] for k in positions for _ in range(G)]
-        rows = [self.rows[i] for i in row_ids]
-        err = None
-        try:
-            pids, pmask = tokenize_prompts(self.tokenizer, [r["prompt"] for r in rows], args.max_prompt_length,
-                                           self.device, row_ids=row_ids)
-            gens = GroupGenerators([torch.Generator(device=self.device).manual_seed(prompt_seed(args.seed, step_no, k))
-                                    for k in positions], [G] * len(positions))
-            try:
-                traj = self.rollout.generate(pids, pmask, generator=gens)
-            except NonFiniteLogitsError as exc:
-                b = exc.rows[0]
-                raise NonFiniteLogitsError(
-                    f"step {step_no + 1}: {exc.what} at completion position {exc.position} of dataset row "
-                    f"{row_ids[b]} (prompt {preview(rows[b]['prompt'])}), generation {b % G} of {G}",
-                    exc.position, exc.rows, exc.what) from None
-            t_roll = time.time() - t0
-            completions = decode_completions(self.tokenizer, traj)
-            rewards, per_func = self.compute_rewards(rows, completions, traj, row_ids=row_ids)
-        except Exception as exc:  # every process stops at the same point, none waits in a collective
-            err = exc
-        self.dist.raise_if_failed(err, f"step {step_no + 1}")
+        if args.dynamic_sampling:
+            order, rows, row_ids, pids, pmask, traj, completions, rewards, per_func, trainable = \
+                self._dynamically_sampled(order, step_no)
+        else:
+            rows, row_ids, pids, pmask, traj, completions, rewards, per_func = self._roll_and_reward(
+                order, step_no, [prompt_seed(args.seed, step_no, k) for k in self.dist.local_positions])
+            trainable = None
+        t_roll = time.time() - t0
         rewards_all = self.dist.gather_rows(rewards)
         per_func_all = self.dist.gather_rows(per_func)
         adv_all = group_advantages(rewards_all, G, scale=args.scale_rewards, eps=args.adv_eps)
         adv = adv_all[self.dist.local_rows].to(self.device)
         scorable = ~torch.isnan(rewards).to(self.device)
+        if trainable is not None:  # dynamic sampling's filler groups (zero reward spread) carry no loss
+            scorable &= trainable.to(self.device)
         self.last_batch = {"prompt_rows": order, "rewards": rewards_all, "advantages": adv_all}
 
         N, micro = len(rows), args.per_device_train_batch_size

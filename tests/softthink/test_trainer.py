@@ -294,3 +294,33 @@ def test_validation_during_training_writes_pass_at_k_and_leaves_training_unchang
     with pytest.raises(ValueError, match="eval_steps=2 needs an eval_dataset"):
         SoftGRPOTrainer(make_model(seed=1), make_tokenizer(), _toy_cfg(tmp_path, eval_steps=2), data,
                         reward_funcs=[reward])
+
+
+def test_dynamic_sampling_trains_only_on_groups_with_reward_spread_and_keeps_the_batch_size(tmp_path):
+    def half_constant(prompts, completions, completion_ids, **kw):  # even prompts: all 1.0 (no spread)
+        return [1.0 if int(p.split()[0][1:]) % 2 == 1 else sum(i < 34 for i in ids) / max(1, len(ids))
+                for p, ids in zip(prompts, completion_ids)]
+
+    cfg = _toy_cfg(tmp_path, max_steps=2, generation_batch_size=32, per_device_train_batch_size=16,
+                   dynamic_sampling=True, max_num_gen_batches=6)
+    tr = SoftGRPOTrainer(make_model(seed=2), make_tokenizer(), cfg, [{"prompt": p} for p in PROMPTS],
+                         reward_funcs=[half_constant])
+    batch = tr.generate_and_score()
+    r = batch.rewards.view(cfg.prompts_per_step, cfg.num_generations)
+    assert r.shape == (4, 8)  # the batch keeps its size
+    assert bool(((r.amax(-1) - r.amin(-1)) > 0).all())  # and holds only groups with a reward spread
+    assert tr._dyn_stats["dynamic_sampling/rounds"] >= 2 and tr._dyn_stats["dynamic_sampling/filler_groups"] == 0
+    m = tr.step()
+    assert m["dynamic_sampling/filler_groups"] == 0 and m["num_tokens"] > 0
+
+    def constant(prompts, completions, **kw):
+        return [1.0] * len(completions)
+
+    tr = SoftGRPOTrainer(make_model(seed=2), make_tokenizer(), cfg, [{"prompt": p} for p in PROMPTS],
+                         reward_funcs=[constant])
+    batch = tr.generate_and_score()
+    assert len(batch.rewards) == 32 and tr._dyn_stats == {"dynamic_sampling/rounds": 6.0,
+                                                          "dynamic_sampling/filler_groups": 4.0}
+    assert not any(bool(mb.loss_mask.any()) for mb in batch.micro_batches)  # filler groups never train
+    with pytest.raises(ValueError, match="max_num_gen_batches"):
+        _toy_cfg(tmp_path, dynamic_sampling=True, max_num_gen_batches=0)
