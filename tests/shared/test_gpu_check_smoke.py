@@ -1,0 +1,24 @@
+"""bench/gpu_check.py: its code paths on the CPU with tiny models (--smoke), and a clean skip without CUDA."""
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_check_smoke_prints_one_table_of_both_packages():
+    out = subprocess.run([sys.executable, "bench/gpu_check.py", "--smoke"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for check in ("softthink train", "softthink eval", "diger TIGER", "diger DIGER"):
+        assert f"| {check} |" in out.stdout
+    assert "completion tokens/s" in out.stdout and "beam-search users/s" in out.stdout
+
+
+def test_gpu_check_skips_without_cuda():
+    if torch.cuda.is_available():
+        return
+    out = subprocess.run(["bash", "bench/gpu_check.sh"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and "no CUDA device: the GPU check was skipped" in out.stdout
