@@ -50,3 +50,10 @@ def test_softgrpo_compare_smoke(tmp_path):
     assert set(res["runs"]) == {"base", "grpo/seed0", "softgrpo/seed0", "embed/seed0"}
     s = res["runs"]["softgrpo/seed0"]["eval"]["softgrpo"]["settings"]
     assert (s["gumbel_tau"], s["soft_top_k"], s["top_p"]) == (0.1, 5, 0.95)
+
+
+def test_soft_logprob_toy_smoke():
+    out = _run("bench/soft_logprob_toy.py", "--smoke")
+    for method in ("grpo", "softgrpo", "softgrpo_token", "softgrpo_hybrid"):
+        assert f"| {method} | 2 |" in out
+    assert "minus grpo (95% CI)" in out
