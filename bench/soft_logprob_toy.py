@@ -13,8 +13,9 @@ scored. Methods (every other setting equal, lr 1e-3, beta 0, tau_g 0.1, top-k 5,
 * ``softgrpo_token``: the same soft rollouts scored with the emitted top id's log-probability (ours);
 * ``softgrpo_hybrid``: density where the mixture is mixed (largest weight < 0.99), token elsewhere (ours).
 
-Reported: mean training reward over the last 5 steps per seed, mean over seeds, and each soft method's paired
-difference from ``grpo`` (same seeds) with a 95% t confidence interval. Every finished run is written to ``--out``
+Reported per method: the mean training reward over all steps (how fast it learns; the task saturates, so the
+last steps alone cannot separate methods) and over the last 5 steps, means over seeds, and each soft method's
+paired difference from ``grpo`` (same seeds) with a 95% t confidence interval. Every finished run is written to ``--out``
 at once; a rerun skips it.
 """
 from __future__ import annotations
@@ -98,17 +99,23 @@ def main() -> None:
                     atomic_write_json(args.out, done)
                 print(f"done {key}: last-5 reward {done[key]['last5']:.3f}", file=sys.stderr, flush=True)
     rows = []
+    auc = {k: statistics.mean(v["rewards"]) for k, v in done.items() if k != "_meta"}
     for method in args.methods:
-        vals = [done[f"{method}/{s}"]["last5"] for s in args.seeds]
-        row = {"method": method, "seeds": len(vals), "last-5 reward": f"{statistics.mean(vals):.3f}",
-               "per seed": " ".join(f"{v:.2f}" for v in vals)}
+        vals = [auc[f"{method}/{s}"] for s in args.seeds]
+        last = [done[f"{method}/{s}"]["last5"] for s in args.seeds]
+        row = {"method": method, "seeds": len(vals), "mean reward, all steps": f"{statistics.mean(vals):.3f}",
+               "per seed": " ".join(f"{v:.2f}" for v in vals), "last-5 reward": f"{statistics.mean(last):.3f}"}
         if method != "grpo" and "grpo" in args.methods:
-            m, lo, hi = paired_ci([v - done[f"grpo/{s}"]["last5"] for v, s in zip(vals, args.seeds)])
+            m, lo, hi = paired_ci([v - auc[f"grpo/{s}"] for v, s in zip(vals, args.seeds)])
             row["minus grpo (95% CI)"] = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        if method not in ("grpo", "softgrpo") and "softgrpo" in args.methods:
+            m, lo, hi = paired_ci([v - auc[f"softgrpo/{s}"] for v, s in zip(vals, args.seeds)])
+            row["minus softgrpo (95% CI)"] = f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         rows.append(row)
     print(header("python bench/soft_logprob_toy.py " + " ".join(sys.argv[1:])))
     print(f"{args.steps} steps x 64 completions, seeds {args.seeds}\n")
-    print(table(rows, ["method", "seeds", "last-5 reward", "minus grpo (95% CI)", "per seed"]))
+    print(table(rows, ["method", "seeds", "mean reward, all steps", "minus grpo (95% CI)", "minus softgrpo (95% CI)",
+                       "per seed", "last-5 reward"]))
 
 
 if __name__ == "__main__":
