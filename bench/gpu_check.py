@@ -16,7 +16,6 @@ Without CUDA (and without ``--smoke``) it prints that it was skipped and exits 0
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
