@@ -19,7 +19,7 @@ from .trie import SIDTrie
 
 #: ``backbone`` values: ``fast`` (:class:`~diger.models.fast_t5.FastT5Model`, the default) and ``hf_t5``
 #: (``transformers.T5Model``, the reference). Both have the same parameters (HF names) and initial weights.
-BACKBONES = ("fast", "hf_t5")
+BACKBONES = ("fast", "hf_t5", "decoder")
 
 
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -63,6 +63,9 @@ class GenRec(nn.Module):
         self.backbone = backbone
         self.vocab_sizes = [int(v) for v in vocab_sizes]
         self.num_positions = len(self.vocab_sizes)
+        if backbone == "decoder":
+            self._init_decoder(d_model, d_ff, num_heads, d_kv, num_layers + num_decoder_layers, dropout, max_positions)
+            return
         cfg = T5Config(vocab_size=1, d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
                        num_layers=num_layers, num_decoder_layers=num_decoder_layers, dropout_rate=dropout,
                        feed_forward_proj="relu", n_positions=max_positions, decoder_start_token_id=0,
@@ -82,6 +85,58 @@ class GenRec(nn.Module):
             nn.init.normal_(e.weight, 0.0, 0.02)
         nn.init.normal_(self.bos, 0.0, 0.02)
         nn.init.normal_(self.pad, 0.0, 0.02)
+
+    def _init_decoder(self, d_model, d_ff, num_heads, d_kv, layers, dropout, max_positions) -> None:
+        """``backbone: decoder``: a causal transformer (transformers' ``LlamaModel``: RMSNorm, rotary positions,
+        SwiGLU feed-forward) over the flattened semantic-ID tokens, as deep as the T5's encoder plus decoder, fed
+        ``inputs_embeds``; the same code embeddings, BOS / pad vectors and tied logits as the T5 path."""
+        from transformers import LlamaConfig, LlamaModel
+
+        cfg = LlamaConfig(vocab_size=1, hidden_size=d_model, intermediate_size=d_ff, num_hidden_layers=layers,
+                          num_attention_heads=num_heads, num_key_value_heads=num_heads, head_dim=d_kv,
+                          max_position_embeddings=max(max_positions, 1024), attention_dropout=dropout,
+                          bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
+        cfg._attn_implementation = "sdpa"
+        self.lm = LlamaModel(cfg)
+        self.d_model = d_model
+        self.code_emb = nn.ModuleList([nn.Embedding(k, d_model) for k in self.vocab_sizes])
+        self.bos = nn.Parameter(torch.zeros(d_model))
+        self.pad = nn.Parameter(torch.zeros(d_model))
+        for e in self.code_emb:
+            nn.init.normal_(e.weight, 0.0, 0.02)
+        nn.init.normal_(self.bos, 0.0, 0.02)
+        nn.init.normal_(self.pad, 0.0, 0.02)
+
+    def _run_lm(self, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache=None):
+        """``(hidden [B, T, d], cache)`` of the causal transformer over ``x [B, T, d]`` with key mask ``mask``
+        ``[B, T_total]`` (0 = padding, which nothing attends to) and positions ``pos [B, T]``."""
+        out = self.lm(inputs_embeds=x, attention_mask=mask.long(), position_ids=pos, cache=cache,
+                      use_cache=cache is not None)
+        keys = out.keys() if hasattr(out, "keys") else ()
+        new = out["cache"] if "cache" in keys else (out["past_key_values"] if "past_key_values" in keys else None)
+        return out.last_hidden_state, new
+
+    def _decoder_prefix(self, enc_emb: torch.Tensor, enc_mask: torch.Tensor):
+        """``[BOS, history tokens]``: embeddings ``[B, 1+L, d]``, mask, positions (padding skipped) and the index
+        of the last real token of each row (the state that predicts the first code of the next item)."""
+        b = enc_emb.shape[0]
+        x = torch.cat([self.bos.to(enc_emb.dtype).expand(b, 1, -1), enc_emb], 1)
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.long, device=enc_emb.device), enc_mask.long()], 1)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        last = (mask * torch.arange(mask.shape[1], device=mask.device)).amax(-1)
+        return x, mask, pos, last
+
+    def sequence_logits(self, tok_emb: torch.Tensor, item_mask: torch.Tensor) -> List[torch.Tensor]:
+        """``backbone: decoder``, every next item of a sequence in one pass: per-item token embeddings
+        ``[B, T, C, d]`` (items in time order, ``item_mask [B, T]`` True for real items, padding after them) ->
+        a list of ``C`` tensors ``[B, T, K_j]``: the logits of code ``j`` of item ``k`` given items ``< k`` (and
+        codes ``< j`` of item ``k``); item 0 is predicted from BOS alone."""
+        b, t, c, d = tok_emb.shape
+        x, mask, pos, _ = self._decoder_prefix(*self.encoder_inputs(tok_emb, item_mask))
+        hid, _ = self._run_lm(x, mask, pos)
+        # the token at flat index p = 1 + k*C + j is predicted from the state at p - 1 = k*C + j
+        states = hid[:, : t * c].view(b, t, c, d)
+        return [self.position_logits(states[:, :, j], j) for j in range(c)]
 
     # ----- embeddings -------------------------------------------------------------------------
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -121,7 +176,23 @@ class GenRec(nn.Module):
         return hidden @ self.code_emb[j].weight.t()
 
     def forward(self, enc_emb, enc_mask, dec_emb) -> List[torch.Tensor]:
-        """Teacher-forced logits: a list of ``C`` tensors ``[B, K_j]``."""
+        """Teacher-forced logits: a list of ``C`` tensors ``[B, K_j]``.
+
+        ``backbone: decoder`` reads ``[BOS, history, e_1 .. e_{C-1}]`` causally (``dec_emb`` is
+        ``[BOS, e_1 .. e_{C-1}]``): code 0 from the last history state, code ``j`` from the state of ``e_j``.
+        """
+        if self.backbone == "decoder":
+            x, mask, pos, last = self._decoder_prefix(enc_emb, enc_mask)
+            b, c = dec_emb.shape[0], dec_emb.shape[1]
+            x = torch.cat([x, dec_emb[:, 1:]], 1)
+            mask = torch.cat([mask, torch.ones(b, c - 1, dtype=mask.dtype, device=mask.device)], 1)
+            p_last = pos.gather(1, last[:, None])
+            pos = torch.cat([pos, p_last + 1 + torch.arange(c - 1, device=pos.device)], 1)  # after the history
+            hid, _ = self._run_lm(x, mask, pos)
+            rows = torch.arange(b, device=hid.device)
+            first = hid[rows, last]
+            start = enc_emb.shape[1] + 1
+            return [self.position_logits(first if j == 0 else hid[:, start + j - 1], j) for j in range(c)]
         enc = self.encode(enc_emb, enc_mask)
         hid, _ = self.decode(dec_emb, enc, enc_mask)
         return [self.position_logits(hid[:, j], j) for j in range(self.num_positions)]
@@ -146,10 +217,25 @@ class GenRec(nn.Module):
         """
         b = enc_emb.shape[0]
         fast = self.backbone == "fast"
-        enc0 = self.encode(enc_emb, enc_mask)
-        mask0 = enc_mask
+        dec_only = self.backbone == "decoder"
         cache = None
-        if fast:
+        if dec_only:
+            # [BOS, history] once per user (KV cache), then one token per beam per code position
+            x0, dmask, pos0, last = self._decoder_prefix(enc_emb, enc_mask)
+            rows0 = torch.arange(b, device=x0.device)
+            dpos = pos0[rows0, last] + 1  # position of the next token, per row
+            if use_cache:
+                from transformers.cache_utils import DynamicCache
+
+                cache = DynamicCache(config=self.lm.config)
+            hid, cache = self._run_lm(x0, dmask, pos0, cache)
+            hid = hid[rows0, last].unsqueeze(1)  # [B, 1, d]
+        else:
+            enc0 = self.encode(enc_emb, enc_mask)
+            mask0 = enc_mask
+        if dec_only:
+            pass
+        elif fast:
             # Keys/values of the encoder states once per user; every beam attends to them directly.
             cross = self.t5.cross_kv(enc0)
             hid, cache = self.t5.decode_step(self.bos.expand(b, 1, -1), 0, cross, mask0, None)  # [B, 1, d]
@@ -168,7 +254,7 @@ class GenRec(nn.Module):
         nb_prev = 1
         # hf_t5: per-beam copies of the encoder states and mask, rebuilt only when the beam width changes (in
         # practice once, after the first position): every beam of a user attends to the same encoder states.
-        expanded_width, enc_b, mask_b = 0, enc0, mask0
+        expanded_width, enc_b, mask_b = 0, (None if dec_only else enc0), (None if dec_only else mask0)
         user_ids = torch.arange(b, device=logp.device)
         for j in range(self.num_positions):
             k = self.vocab_sizes[j]
@@ -187,7 +273,23 @@ class GenRec(nn.Module):
                 break
             # Next decoder step for every surviving beam (beam width may grow while K_j is small).
             step_emb = self.code_emb[j](code)  # [B, width, d]
-            if fast:
+            if dec_only:
+                beam_rows = (user_ids.unsqueeze(1) * nb_prev + origin).reshape(-1)
+                dpos, dmask = dpos[beam_rows], dmask[beam_rows]
+                dmask = torch.cat([dmask, torch.ones_like(dmask[:, :1])], 1)
+                if cache is not None:
+                    cache.reorder_cache(beam_rows)  # follow the surviving beams (rows may repeat)
+                    hid, cache = self._run_lm(step_emb.reshape(b * width, 1, -1), dmask, dpos[:, None], cache)
+                else:  # the whole prefix again: [BOS, history, codes so far]
+                    users = user_ids.repeat_interleave(width)
+                    flat_seqs = seqs.reshape(b * width, -1)
+                    codes = torch.stack([self.code_emb[i](flat_seqs[:, i]) for i in range(j + 1)], 1)
+                    x = torch.cat([x0[users], codes], 1)
+                    pos = torch.cat([pos0[users], (dpos - j)[:, None] + torch.arange(j + 1, device=dpos.device)], 1)
+                    hid, _ = self._run_lm(x, dmask, pos)
+                hid = hid[:, -1].view(b, width, -1)
+                dpos = dpos + 1
+            elif fast:
                 rows = user_ids.unsqueeze(1)
                 cache = [(kk[rows, origin], vv[rows, origin]) for kk, vv in cache]  # follow the surviving beams
                 hid, cache = self.t5.decode_step(step_emb, j + 1, cross, mask0, cache)

@@ -25,6 +25,10 @@ from ..artifact import model_stage0, resolve_stage0, save_artifact
 from ..tokenizer import RQTokenizer, build_sid_table, codebook_stats
 from .fast_t5 import DROPOUT_IMPLS
 from .genrec import BACKBONES, GenRec
+
+#: ``decoder_train`` (``backbone: decoder``): ``sequence`` (every next item of a window in one pass) or
+#: ``target`` (the T5 protocol: each training row's target only).
+DECODER_TRAIN = ("sequence", "target")
 from .trie import SIDTrie
 
 logger = logging.getLogger(__name__)
@@ -96,6 +100,9 @@ class SemanticIDRecommender(SequentialRecommender):
             raise ValueError(f"dropout_impl must be one of {DROPOUT_IMPLS}, got {impl!r}")
         if impl != "torch" and backbone != "fast":
             raise ValueError(f"dropout_impl: {impl} needs backbone: fast, got backbone: {backbone}")
+        mode = str(_cfg(config, "decoder_train"))
+        if mode not in DECODER_TRAIN:
+            raise ValueError(f"decoder_train must be one of {DECODER_TRAIN}, got {mode!r}")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -108,6 +115,7 @@ class SemanticIDRecommender(SequentialRecommender):
         self.constrained = bool(_cfg(config, "constrained_decoding"))
         self.beam_cache = bool(_cfg(config, "beam_search_cache"))
         self.backbone = str(_cfg(config, "backbone"))
+        self.decoder_train = str(_cfg(config, "decoder_train"))
         self.num_codes = [self.code_num] * self.code_levels
         self.vocab_sizes = self.num_codes + [self.suffix_size]
 
@@ -237,13 +245,58 @@ class SemanticIDRecommender(SequentialRecommender):
         return self.genrec.encoder_inputs(emb, item_seq > 0)
 
     def calculate_loss(self, interaction):
-        """Mean cross-entropy over the ``C`` code positions of the target item (teacher forcing)."""
+        """Mean cross-entropy over the ``C`` code positions of the target item (teacher forcing); with
+        ``backbone: decoder`` and ``decoder_train: sequence``, over every next item of the row's window
+        (:meth:`_sequence_loss`)."""
+        if self.backbone == "decoder" and self.decoder_train == "sequence" and type(self).joint_training is False:
+            return self._sequence_loss(interaction)
         item_seq = interaction[self.ITEM_SEQ]
         target = self.sid_table[interaction[self.POS_ITEM_ID]]
         enc_emb, enc_mask = self.encoder_embeddings(item_seq)
         dec = self.genrec.decoder_inputs(self.genrec.embed_codes(target))
         logits = self.genrec(enc_emb, enc_mask, dec)
         return torch.stack([F.cross_entropy(lg, target[:, j]) for j, lg in enumerate(logits)]).mean()
+
+    WINDOW_END = "window_end"
+
+    def _mark_window_ends(self, dataset) -> None:
+        """Flag the training rows whose windows tile each user's sequence (``decoder_train: sequence``).
+
+        RecBole's training rows are the prefixes of each user's sequence in time order (row ``r`` has target
+        ``t = r + 1`` and the last ``W = MAX_ITEM_LIST_LENGTH`` items before it). The rows with
+        ``(R - 1 - r) % W == 0`` (``R`` rows of that user) hold windows whose items ``1..`` cover every training
+        target exactly once; their targets and contexts are training items only (the validation and test items
+        are not in the training rows). The flag travels with the rows as the field ``window_end``.
+        """
+        inter = dataset.inter_feat
+        if inter is None or self.WINDOW_END in inter.interaction or self.ITEM_SEQ not in inter.interaction:
+            return
+        uid = inter[dataset.uid_field]
+        n = uid.shape[0]
+        new_user = torch.ones(n, dtype=torch.bool)
+        new_user[1:] = uid[1:] != uid[:-1]
+        start = torch.cummax(torch.where(new_user, torch.arange(n), torch.zeros(n, dtype=torch.long)), 0).values
+        rank = torch.arange(n) - start
+        count = torch.bincount(torch.cumsum(new_user.long(), 0) - 1)[torch.cumsum(new_user.long(), 0) - 1]
+        w = int(self.max_seq_length)
+        inter.interaction[self.WINDOW_END] = ((count - 1 - rank) % w == 0)
+
+    def _sequence_loss(self, interaction):
+        """Mean code cross-entropy over every next item of the batch's window rows, in one causal pass each:
+        the row's history plus its target, items ``1..len`` predicted from the items before them (rows that do
+        not end a window carry nothing)."""
+        keep = interaction[self.WINDOW_END].bool() if self.WINDOW_END in interaction.interaction else \
+            torch.ones(interaction[self.ITEM_SEQ].shape[0], dtype=torch.bool)
+        item_seq = interaction[self.ITEM_SEQ][keep]
+        length = interaction[self.ITEM_SEQ_LEN][keep]
+        if item_seq.shape[0] == 0:  # no window in this batch: a zero loss that still has a graph
+            return sum(p.sum() for p in self.genrec.parameters()) * 0.0
+        seq = torch.cat([item_seq, torch.zeros_like(item_seq[:, :1])], 1)
+        seq.scatter_(1, length[:, None], interaction[self.POS_ITEM_ID][keep][:, None])  # history + target
+        codes = self.sid_table[seq]  # [B, T, C]
+        logits = self.genrec.sequence_logits(self.genrec.embed_codes(codes), seq > 0)
+        target = (seq > 0) & (torch.arange(seq.shape[1], device=seq.device) > 0)  # items 1..len
+        return torch.stack([F.cross_entropy(lg[target], codes[..., j][target]) for j, lg in enumerate(logits)]).mean()
 
     def predict(self, interaction):
         raise NotImplementedError("TIGER/DIGER score items by beam search; use full-ranking evaluation (mode: full)")
@@ -272,6 +325,8 @@ class TIGER(SemanticIDRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.tokenizer.requires_grad_(False)
+        if self.backbone == "decoder" and self.decoder_train == "sequence":
+            self._mark_window_ends(dataset)
 
     def refresh_semantic_ids(self):
         """TIGER's semantic IDs are fixed after stage 0 (the tokenizer is frozen): statistics only."""
