@@ -122,7 +122,7 @@ def _built_backbone(net):
     genrec = getattr(net, "genrec", None)
     if genrec is None:
         return None, ""
-    t5 = getattr(genrec, "t5", None)
+    t5 = getattr(genrec, "t5", getattr(genrec, "lm", None))  # backbone decoder: the causal LM
     cls = f"{type(t5).__module__}.{type(t5).__name__}" if t5 is not None else ""
     name = getattr(genrec, "backbone", None)
     if name is None:
@@ -326,7 +326,7 @@ def main() -> None:
     ap.add_argument("--backbones", nargs="+", default=["hf_t5", "fast"],
                     help="values of the config key `backbone` for TIGER/DIGER (hf_t5 = HuggingFace T5Model, fast = ours); "
                          "`before` = hf_t5 with autograd anomaly mode on, the training step before the compat fix; "
-                         "`fast_bits` = fast with dropout_impl bits")
+                         "`fast_bits` = fast with dropout_impl bits; `decoder` = the causal LM over SID tokens")
     ap.add_argument("--amp", nargs="+", default=["off"], choices=["off", "bf16"],
                     help="bf16: enable_amp True and the training loss under torch.autocast(bfloat16)")
     ap.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES),
