@@ -116,6 +116,45 @@ class GenRec(nn.Module):
         new = out["cache"] if "cache" in keys else (out["past_key_values"] if "past_key_values" in keys else None)
         return out.last_hidden_state, new
 
+    def _decode_step_shared(self, x: torch.Tensor, pos: torch.Tensor, prefix_kv, prefix_bias: torch.Tensor, gen_kv):
+        """One code position for ``W`` beams of each of ``B`` users through the causal LM's layers (inference):
+        every beam attends to its user's history keys/values ``prefix_kv`` (per layer ``[B, H, L0, d]``, never
+        copied per beam; ``prefix_bias [B, 1, 1, L0]`` masks the padding) and to its own generated codes
+        ``gen_kv`` (per layer ``[B, W, H, t, d]``, None before the first code). ``x [B, W, d]`` at positions
+        ``pos [B, W]``. The arithmetic of transformers' ``LlamaDecoderLayer`` (RMSNorm, rotary embedding,
+        softmax attention, SwiGLU), laid out like ``FastT5Model.decode_step``. Returns ``(hidden [B, W, d],
+        gen_kv)``."""
+        lm = self.lm
+        b, w, _ = x.shape
+        cos, sin = lm.rotary_emb(x, pos)  # [B, W, d_head]
+        cos, sin = cos[:, :, None], sin[:, :, None]
+
+        def rope(t):  # t [B, W, H, d_head]
+            half = t.shape[-1] // 2
+            return t * cos + torch.cat([-t[..., half:], t[..., :half]], -1) * sin
+
+        new_kv = []
+        h = x
+        for i, layer in enumerate(lm.layers):
+            att = layer.self_attn
+            hd = att.head_dim
+            z = layer.input_layernorm(h)
+            q = rope(att.q_proj(z).view(b, w, -1, hd))
+            k = rope(att.k_proj(z).view(b, w, -1, hd))
+            v = att.v_proj(z).view(b, w, -1, hd)
+            kg, vg = (k.unsqueeze(3), v.unsqueeze(3)) if gen_kv is None else (
+                torch.cat([gen_kv[i][0], k.unsqueeze(3)], 3), torch.cat([gen_kv[i][1], v.unsqueeze(3)], 3))
+            new_kv.append((kg, vg))
+            kp, vp = prefix_kv[i]
+            s_p = torch.einsum("bwhd,bhld->bhwl", q, kp) * att.scaling + prefix_bias  # [B, H, W, L0]
+            s_g = torch.einsum("bwhd,bwhtd->bhwt", q, kg) * att.scaling  # [B, H, W, t]
+            p = torch.softmax(torch.cat([s_p, s_g], -1).float(), -1).to(q.dtype)
+            l0 = s_p.shape[-1]
+            o = torch.einsum("bhwl,bhld->bwhd", p[..., :l0], vp) + torch.einsum("bhwt,bwhtd->bwhd", p[..., l0:], vg)
+            h = h + att.o_proj(o.reshape(b, w, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return lm.norm(h), new_kv
+
     def _decoder_prefix(self, enc_emb: torch.Tensor, enc_mask: torch.Tensor):
         """``[BOS, history tokens]``: embeddings ``[B, 1+L, d]``, mask, positions (padding skipped) and the index
         of the last real token of each row (the state that predicts the first code of the next item)."""
@@ -224,11 +263,16 @@ class GenRec(nn.Module):
             x0, dmask, pos0, last = self._decoder_prefix(enc_emb, enc_mask)
             rows0 = torch.arange(b, device=x0.device)
             dpos = pos0[rows0, last] + 1  # position of the next token, per row
+            prefix_kv, gen_kv = None, None
             if use_cache:
                 from transformers.cache_utils import DynamicCache
 
                 cache = DynamicCache(config=self.lm.config)
             hid, cache = self._run_lm(x0, dmask, pos0, cache)
+            if cache is not None:  # the history's keys/values once per user, shared by all of its beams
+                prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+                prefix_bias = torch.zeros(dmask.shape, dtype=x0.dtype, device=x0.device).masked_fill(
+                    dmask == 0, torch.finfo(x0.dtype).min)[:, None, None, :]  # [B, 1, 1, L0]
             hid = hid[rows0, last].unsqueeze(1)  # [B, 1, d]
         else:
             enc0 = self.encode(enc_emb, enc_mask)
@@ -273,20 +317,22 @@ class GenRec(nn.Module):
                 break
             # Next decoder step for every surviving beam (beam width may grow while K_j is small).
             step_emb = self.code_emb[j](code)  # [B, width, d]
-            if dec_only:
+            if dec_only and prefix_kv is not None:
+                rows = user_ids.unsqueeze(1)
+                if gen_kv is not None:  # the generated codes' keys/values follow the surviving beams
+                    gen_kv = [(kk[rows, origin], vv[rows, origin]) for kk, vv in gen_kv]
+                hid, gen_kv = self._decode_step_shared(step_emb, (dpos + j)[:, None].expand(b, width), prefix_kv,
+                                                       prefix_bias, gen_kv)
+            elif dec_only:  # no cache: the whole sequence again, [BOS, history, codes so far], for every beam
                 beam_rows = (user_ids.unsqueeze(1) * nb_prev + origin).reshape(-1)
                 dpos, dmask = dpos[beam_rows], dmask[beam_rows]
                 dmask = torch.cat([dmask, torch.ones_like(dmask[:, :1])], 1)
-                if cache is not None:
-                    cache.reorder_cache(beam_rows)  # follow the surviving beams (rows may repeat)
-                    hid, cache = self._run_lm(step_emb.reshape(b * width, 1, -1), dmask, dpos[:, None], cache)
-                else:  # the whole prefix again: [BOS, history, codes so far]
-                    users = user_ids.repeat_interleave(width)
-                    flat_seqs = seqs.reshape(b * width, -1)
-                    codes = torch.stack([self.code_emb[i](flat_seqs[:, i]) for i in range(j + 1)], 1)
-                    x = torch.cat([x0[users], codes], 1)
-                    pos = torch.cat([pos0[users], (dpos - j)[:, None] + torch.arange(j + 1, device=dpos.device)], 1)
-                    hid, _ = self._run_lm(x, dmask, pos)
+                users = user_ids.repeat_interleave(width)
+                flat_seqs = seqs.reshape(b * width, -1)
+                codes = torch.stack([self.code_emb[i](flat_seqs[:, i]) for i in range(j + 1)], 1)
+                x = torch.cat([x0[users], codes], 1)
+                pos = torch.cat([pos0[users], (dpos - j)[:, None] + torch.arange(j + 1, device=dpos.device)], 1)
+                hid, _ = self._run_lm(x, dmask, pos)
                 hid = hid[:, -1].view(b, width, -1)
                 dpos = dpos + 1
             elif fast:
