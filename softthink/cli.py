@@ -227,7 +227,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
     if getattr(a, "num_samples", 1) is not None and getattr(a, "num_samples", 1) < 1:
-        raise SystemExit("--num-samples must be >= 1")
+        print(f"softthink: error: --num-samples must be >= 1, got {a.num_samples}", file=sys.stderr)
+        return 2
     from .checkpoint import CheckpointError
     from .rollout import NonFiniteLogitsError
     from .rewards import RewardFunctionError

@@ -180,10 +180,33 @@ class SoftGRPOConfig:
     think_end_match: str = _f("auto", "'auto' (single token if possible, else string), 'string', 'last_subtoken'")
     discrete_think: bool = _f(False, "discrete mode: also apply the thinking budget / marker (same prompt shape)")
 
+    #: field annotation -> (accepted Python types, name in messages); ints are accepted where a float is asked for.
+    _SCALARS = {"bool": ((bool,), "true or false"), "int": ((int,), "an integer"), "float": ((int, float), "a number"),
+                "str": ((str,), "a string")}
+
+    def _check_types(self, bad) -> None:
+        """Scalar fields hold their declared type (``Optional[...]`` also None): a bool is not an int, ``'maybe'``
+        is not a bool, ``1.5`` is not an int; float fields take ints and store floats."""
+        for f in dataclasses.fields(self):
+            ann = str(f.type).replace(" ", "")
+            optional = ann.startswith("Optional[")
+            base = ann[len("Optional["):-1] if optional else ann
+            if base not in self._SCALARS:
+                continue
+            v = getattr(self, f.name)
+            if v is None and optional:
+                continue
+            types, what = self._SCALARS[base]
+            if not isinstance(v, types) or (base != "bool" and isinstance(v, bool)):
+                raise bad(f.name, f"must be {what}{' or null' if optional else ''}")
+            if base == "float":
+                setattr(self, f.name, float(v))
+
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"SoftGRPOConfig.{name}={getattr(self, name)!r}: {why}")
 
+        self._check_types(bad)
         if self.num_generations < 2:
             raise bad("num_generations", "must be >= 2 (group advantages need at least two completions)")
         if self.generation_batch_size % self.num_generations:
@@ -354,6 +377,10 @@ def load_yaml_config(path: str | Path, overrides: Optional[Dict[str, Any]] = Non
         return SoftGRPOConfig.from_dict(data, source=str(path))
     except ValueError as exc:
         msg = str(exc)
-        raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+        if msg.startswith(str(path)):
+            raise ValueError(msg) from None
+        key = msg.split("=", 1)[0].rsplit(".", 1)[-1] if msg.startswith("SoftGRPOConfig.") else None
+        where = f"--set {key}={overrides[key]!r}" if overrides and key in overrides else str(path)
+        raise ValueError(f"{where}: {msg}") from None
     except TypeError as exc:  # e.g. a mapping where a scalar was expected
         raise ValueError(f"{path}: {exc}") from None

@@ -111,12 +111,17 @@ def load_dataset_file(path: str, *, split: str = "train", prompt_column: str = "
         if fmt is None:
             raise ValueError(f"{path}: unknown dataset file type {p.suffix!r}; expected one of {sorted(FILE_FORMATS)} "
                              "or a folder written by datasets' save_to_disk")
+        if p.stat().st_size == 0:
+            raise ValueError(f"{path}: empty file, no rows")
         try:
             ds = datasets.load_dataset(fmt, data_files=str(p), split=split)
         except ValueError as exc:
             raise ValueError(f"{path}: cannot read split {split!r} ({exc}); a file has the one split 'train'") from None
-        except Exception as exc:  # a parse error of the file's own format
-            raise ValueError(f"{path}: not a readable {fmt} file ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # a parse error of the file's own format: name the innermost cause
+            cause = exc
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__
+            raise ValueError(f"{path}: not a readable {fmt} file ({type(cause).__name__}: {cause})") from None
     for col, key in ((prompt_column, "prompt_column"), (answer_column, "answer_column")):
         if col not in ds.column_names:
             raise ValueError(f"{path}: no column {col!r} ({key}); its columns: {ds.column_names}")
@@ -135,10 +140,10 @@ def load_dataset_file(path: str, *, split: str = "train", prompt_column: str = "
         elif isinstance(prompt, str) and prompt.strip():
             msgs, text = build_prompt(prompt, system_prompt, suffix), prompt
         else:
-            raise ValueError(f"{path} row {i}: empty or malformed prompt in column {prompt_column!r} ({prompt!r}); "
-                             "expected a non-empty string or a list of chat messages")
+            raise ValueError(f"{path} row {i} (0-based, header excluded): empty or malformed prompt in column "
+                             f"{prompt_column!r} ({prompt!r}); expected a non-empty string or a list of chat messages")
         if answer is None or not str(answer).strip():
-            raise ValueError(f"{path} row {i}: empty answer in column {answer_column!r}")
+            raise ValueError(f"{path} row {i} (0-based, header excluded): empty answer in column {answer_column!r}")
         rows["prompt"].append(msgs)
         rows["question"].append(text)
         rows["answer"].append(str(answer))

@@ -100,6 +100,9 @@ class SemanticIDRecommender(SequentialRecommender):
             raise ValueError(f"dropout_impl must be one of {DROPOUT_IMPLS}, got {impl!r}")
         if impl != "torch" and backbone != "fast":
             raise ValueError(f"dropout_impl: {impl} needs backbone: fast, got backbone: {backbone}")
+        from ..artifact import stage0_seed
+
+        stage0_seed(config)  # a bad sid_seed fails here, before any data or embedding work
         mode = str(_cfg(config, "decoder_train"))
         if mode not in DECODER_TRAIN:
             raise ValueError(f"decoder_train must be one of {DECODER_TRAIN}, got {mode!r}")

@@ -27,6 +27,19 @@ def test_config_errors_name_the_field():
         SoftGRPOConfig.from_dict({"num_gens": 4})
 
 
+def test_scalar_fields_are_type_checked_and_set_values_are_named(tmp_path):
+    base = dict(num_generations=2, generation_batch_size=4, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    for key, value, what in (("dynamic_sampling", "maybe", "true or false"), ("mask_truncated_completions", 2,
+                                                                               "true or false"),
+                             ("eval_steps", 1.5, "an integer"), ("eval_steps", True, "an integer"),
+                             ("learning_rate", "fast", "a number"), ("max_rows", "ten", "an integer or null")):
+        with pytest.raises(ValueError, match=f"{key}=.*must be {what}"):
+            SoftGRPOConfig(**base, **{key: value})
+    assert SoftGRPOConfig(**base, learning_rate=1).learning_rate == 1.0  # an int where a float is asked: fine
+    with pytest.raises(ValueError, match=r"^--set loss_type='foo': SoftGRPOConfig.loss_type"):
+        load_yaml_config(ROOT / "configs" / "grpo_smollm2.yaml", {"loss_type": "foo"})
+
+
 def test_yaml_unknown_key_names_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("num_generations: 2\ngeneration_batch_size: 4\nper_device_train_batch_size: 4\n"

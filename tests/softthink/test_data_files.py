@@ -60,11 +60,20 @@ def test_bad_files_and_rows_are_named(tmp_path):
         load_dataset_file(str(p))
     assert load_dataset_file(str(p), prompt_column="question")[0]["answer"] == "2"
     bad = ROWS[:2] + [{"prompt": "  ", "answer": "1", "level": 0}]
-    with pytest.raises(ValueError, match=r"data.jsonl row 2: empty or malformed prompt"):
+    with pytest.raises(ValueError, match=r"data.jsonl row 2 \(0-based, header excluded\): empty or malformed prompt"):
         load_dataset_file(str(_write(tmp_path, "jsonl", bad)))
     bad = ROWS[:3] + [{"prompt": "Calculate 9 + 9.", "answer": "", "level": 1}]
-    with pytest.raises(ValueError, match=r"data.jsonl row 3: empty answer in column 'answer'"):
+    with pytest.raises(ValueError, match=r"data.jsonl row 3 \(0-based, header excluded\): empty answer in column 'answer'"):
         load_dataset_file(str(_write(tmp_path, "jsonl", bad)))
+
+
+def test_empty_and_malformed_files_name_the_cause(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl: empty file, no rows"):
+        load_dataset_file(str(tmp_path / "empty.jsonl"))
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl: not a readable json file \((?!DatasetGenerationError)"):
+        load_dataset_file(str(tmp_path / "bad.jsonl"))
 
 
 def test_held_out_rows_are_the_tail_and_never_trained_on(tmp_path):
