@@ -100,6 +100,8 @@ class DIGER(SemanticIDRecommender):
         self.tokenizer.decoder.requires_grad_(False)
         self._z_cache = None
         self._z_version = -1
+        if self.backbone == "decoder" and self.decoder_train == "sequence":
+            self._mark_window_ends(dataset)
 
     # ----- optimisation -----------------------------------------------------------------------
     joint_training = True
@@ -176,6 +178,8 @@ class DIGER(SemanticIDRecommender):
         target = interaction[self.POS_ITEM_ID]
         if self.gradient_path == "historical":
             return self._historical_loss(interaction, target)
+        if self.backbone == "decoder" and self.decoder_train == "sequence":
+            return self._sequence_loss_terms(interaction, detach_uses)
         b, h = item_seq.shape
         ids = torch.cat([item_seq.reshape(-1), target])
         uniq, inv = torch.unique(ids, return_inverse=True)
@@ -212,6 +216,58 @@ class DIGER(SemanticIDRecommender):
         zt, zht = take_rows(z, inv_t), take_rows(z_hat, inv_t)
         recon = F.mse_loss(zht, zt)
         vq = torch.stack([take_rows(lv.vq_loss, inv_t).mean() for lv in levels]).mean()
+        if self.w_balance > 0:
+            return rec, self.w_recon * recon, self.w_vq * vq, self.w_balance * self._balance_loss(levels)
+        return rec, self.w_recon * recon, self.w_vq * vq
+
+    def _sequence_loss_terms(self, interaction, detach_uses: frozenset):
+        """``true_e2e`` with ``backbone: decoder`` and ``decoder_train: sequence``: the window rows' history plus
+        target in one causal pass; every item's tokens are its soft-assignment mixtures (the ``history`` /
+        ``decoder`` uses: inputs), every item from the second on is a soft-label target (``target`` use), the
+        suffix a hard one; reconstruction and VQ losses over the predicted items."""
+        keep = interaction[self.WINDOW_END].bool() if self.WINDOW_END in interaction.interaction else \
+            torch.ones(interaction[self.ITEM_SEQ].shape[0], dtype=torch.bool, device=interaction[self.ITEM_SEQ].device)
+        item_seq, length = interaction[self.ITEM_SEQ][keep], interaction[self.ITEM_SEQ_LEN][keep]
+        if item_seq.shape[0] == 0:  # no window in this batch: zero losses that still have a graph
+            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return (zero, zero, zero, zero) if self.w_balance > 0 else (zero, zero, zero)
+        seq = torch.cat([item_seq, torch.zeros_like(item_seq[:, :1])], 1)
+        seq.scatter_(1, length[:, None], interaction[self.POS_ITEM_ID][keep][:, None])
+        real = seq > 0
+        uniq, inv = torch.unique(seq[real], return_inverse=True)
+        with torch.autocast(device_type=seq.device.type, enabled=False):
+            z, levels, z_hat = self._tokenize(uniq)
+        big_l = self.code_levels
+        if self.use_cached_forward:
+            cached = self.sid_table[uniq, :big_l].clamp_min(0)
+            p = torch.stack([lv.p_soft for lv in levels], 1)
+            a = F.one_hot(cached, self.code_num).to(p.dtype) - p.detach() + p
+        else:
+            a = torch.stack([lv.y_st for lv in levels], 1)
+        inputs_detached = {"history", "decoder"} <= set(detach_uses)  # both input uses cut: only the target's left
+        tok = self._item_tokens(a.detach() if inputs_detached else a, uniq)  # [U, C, d]
+        b, t = seq.shape
+        seq_tok = self.genrec.pad.to(tok.dtype).expand(b, t, tok.shape[1], -1).clone()
+        seq_tok[real] = take_rows(tok, inv)
+        logits = self.genrec.sequence_logits(seq_tok, real)  # C tensors [B, T, K_j]
+        pred = real & (torch.arange(t, device=seq.device) > 0)  # items 1..len are predicted
+        inv_pred = torch.full_like(seq, -1)
+        inv_pred[real] = inv
+        ip = inv_pred[pred]
+        if "target" in detach_uses or self.target_use == "stop_gradient":
+            a_src = a.detach()
+        elif self.target_use == "weight":
+            a_src = a.detach() + self.target_use_weight * (a - a.detach())
+        else:
+            a_src = a
+        a_t = take_rows(a_src, ip)
+        sem = torch.stack([-(a_t[:, l] * F.log_softmax(logits[l][pred].float(), -1)).sum(-1).mean()
+                           for l in range(big_l)]).sum()
+        suf = F.cross_entropy(logits[big_l][pred], self.sid_table[seq[pred], big_l])
+        rec = (sem + suf) / (big_l + 1)
+        self.decay.loss(rec)
+        recon = F.mse_loss(take_rows(z_hat, ip), take_rows(z, ip))
+        vq = torch.stack([take_rows(lv.vq_loss, ip).mean() for lv in levels]).mean()
         if self.w_balance > 0:
             return rec, self.w_recon * recon, self.w_vq * vq, self.w_balance * self._balance_loss(levels)
         return rec, self.w_recon * recon, self.w_vq * vq

@@ -91,7 +91,8 @@ def test_window_rows_cover_each_training_target_once_and_no_held_out_item(toy_ro
 
 @pytest.mark.parametrize("keep", USES)
 def test_decoder_true_e2e_each_use_alone_reaches_every_codebook_level(toy_root, keep):
-    cfg, net, train, _ = _build("DIGER", toy_root, assign_mode="det_softmax_st", gumbel_tau=50.0, backbone="decoder")
+    cfg, net, train, _ = _build("DIGER", toy_root, assign_mode="det_softmax_st", gumbel_tau=50.0, backbone="decoder",
+                                decoder_train="target")
     batch = _batch(train)
     grads = _codebook_grads(net, batch, detach=set(USES) - {keep})
     for g in grads:
@@ -132,3 +133,17 @@ def test_decoder_learns_a_deterministic_successor_task():
     items, _ = model.beam_search(enc_emb, enc_mask, trie, 5)
     recall1 = (items[:, 0] == nxt(hist[:, -1])).float().mean().item()
     assert recall1 >= 0.9, recall1
+
+
+@pytest.mark.parametrize("keep", USES)
+def test_decoder_sequence_training_of_diger_reaches_every_codebook_level(toy_root, keep):
+    cfg, net, train, _ = _build("DIGER", toy_root, assign_mode="det_softmax_st", gumbel_tau=50.0, backbone="decoder",
+                                MAX_ITEM_LIST_LENGTH=3)
+    batch = _batch(train)
+    assert net.WINDOW_END in batch.interaction and batch[net.WINDOW_END].any()
+    grads = _codebook_grads(net, batch, detach=set(USES) - {keep})
+    for g in grads:
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    assert all(g is None or g.abs().sum() == 0 for g in _codebook_grads(net, batch, detach=set(USES)))
+    rec, recon, vq = net.calculate_loss(batch)
+    assert all(torch.isfinite(x) for x in (rec, recon, vq))
