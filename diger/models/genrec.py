@@ -77,6 +77,11 @@ class GenRec(nn.Module):
             fast.load_state_dict(self.t5.state_dict(), assign=True)
             fast.dropout_impl = dropout_impl
             self.t5 = fast
+        self._init_code_embeddings(d_model)
+
+    def _init_code_embeddings(self, d_model: int) -> None:
+        """Per-position code embeddings (tied to the logits), BOS and pad vectors, N(0, 0.02), drawn after the
+        backbone's weights (so the T5 paths draw what they always drew)."""
         self.d_model = d_model
         self.code_emb = nn.ModuleList([nn.Embedding(k, d_model) for k in self.vocab_sizes])
         self.bos = nn.Parameter(torch.zeros(d_model))
@@ -98,14 +103,7 @@ class GenRec(nn.Module):
                           bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
         cfg._attn_implementation = "sdpa"
         self.lm = LlamaModel(cfg)
-        self.d_model = d_model
-        self.code_emb = nn.ModuleList([nn.Embedding(k, d_model) for k in self.vocab_sizes])
-        self.bos = nn.Parameter(torch.zeros(d_model))
-        self.pad = nn.Parameter(torch.zeros(d_model))
-        for e in self.code_emb:
-            nn.init.normal_(e.weight, 0.0, 0.02)
-        nn.init.normal_(self.bos, 0.0, 0.02)
-        nn.init.normal_(self.pad, 0.0, 0.02)
+        self._init_code_embeddings(d_model)
 
     def _run_lm(self, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache=None):
         """``(hidden [B, T, d], cache)`` of the causal transformer over ``x [B, T, d]`` with key mask ``mask``
