@@ -79,11 +79,31 @@ def _recommend(args) -> int:
     return 0
 
 
+def _keys(model: str) -> int:
+    """Print the property YAML files of ``model``'s config chain (the keys ``diger run`` accepts beyond RecBole's).
+
+    Raises:
+        ValueError: for a model name that is neither ours nor RecBole's.
+    """
+    from .config import PROPERTIES
+    from .quick_start import resolve_model
+
+    chain = getattr(resolve_model(model), "config_chain", (model,))
+    files = [PROPERTIES / "model" / f"{n}.yaml" for n in chain if (PROPERTIES / "model" / f"{n}.yaml").is_file()]
+    if not files:
+        print(f"{model}: no keys of this package (RecBole's defaults apply)")
+    for f in files:
+        print(f"# --- {f.relative_to(PROPERTIES.parent.parent)} ---")
+        print(f.read_text().rstrip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diger", description=__doc__)
     sub = p.add_subparsers(dest="command", required=False)
     r = sub.add_parser("run", help="train and evaluate a model (DIGER, TIGER or any RecBole model)",
-                       description="Extra --key=value arguments override config keys (RecBole precedence).")
+                       description="Extra --key=value arguments override config keys (RecBole precedence); "
+                                   "`diger keys --model M` lists this package's keys of model M with their defaults.")
     r.add_argument("--model", "-m", default=None,
                    help="DIGER (default) | TIGER | SASRecBCE | a RecBole model name (SASRec, GRU4Rec, Pop, ...)")
     r.add_argument("--dataset", "-d", default=None, help="dataset name (default: ml-100k, shipped with RecBole)")
@@ -143,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="codes of new items: the table's own rule (auto: sinkhorn when it was built so), "
                           "or the nearest code per level")
     asg.add_argument("--out", required=True, help="the new artifact folder (must not exist or be empty)")
+    ky = sub.add_parser("keys", help="list the config keys this package adds for a model, with defaults and help",
+                        description="Prints diger/properties/model/<name>.yaml for each name in the model's config "
+                                    "chain (later files override earlier ones); RecBole's own keys are in its docs.")
+    ky.add_argument("--model", "-m", default="DIGER", help="DIGER (default) | TIGER | SASRecBCE | ...")
     pl = sub.add_parser("plot", help="draw codebook-usage figures of a run directory")
     pl.add_argument("run_dir")
     return p
@@ -197,6 +221,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.command == "recommend":
             return _recommend(args)
+        if args.command == "keys":
+            return _keys(args.model)
         if args.command == "plot":
             from .plot import plot_run
 

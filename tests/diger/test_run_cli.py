@@ -236,3 +236,15 @@ def test_default_run_folders_are_unique_within_a_second(toy_root, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         quick_start.run("Pop", "toy", None, small_config(toy_root))
     assert not (toy_root / "runs" / "Pop-toy-20260102-030405-3").exists()
+
+
+def test_keys_lists_the_model_chain_with_defaults(capsys):
+    from diger.cli import main
+
+    assert main(["keys", "--model", "DIGER"]) == 0
+    out = capsys.readouterr().out
+    assert "diger/properties/model/TIGER.yaml" in out and "diger/properties/model/DIGER.yaml" in out
+    assert out.index("TIGER.yaml") < out.index("DIGER.yaml")  # later files override earlier ones
+    for key in ("sid_seed:", "backbone:", "decoder_train:", "dropout_impl:", "target_use:", "lr_id_scale:"):
+        assert key in out
+    assert main(["keys", "--model", "NoSuchModel"]) == 2
