@@ -44,11 +44,15 @@ def _eval_rankings(rec, k):
     return rows
 
 
-@pytest.mark.parametrize("model", ["TIGER", "SASRec"])
+@pytest.mark.parametrize("model", ["TIGER", "SASRec", "TIGER-decoder"])
 def test_recommend_equals_evaluation_ranking(toy_root, model):
     import diger
 
-    out = _train(toy_root, model)
+    if model == "TIGER-decoder":  # the decoder-only backbone serves through the same beam search
+        model, extra = "TIGER", {"backbone": "decoder"}
+    else:
+        extra = {}
+    out = _train(toy_root, model, **extra)
     rec = diger.load_recommender(out)
     rows = _eval_rankings(rec, 5)
     assert len(rows) == 40  # every toy user has a test row
