@@ -300,17 +300,17 @@ def position_loglik(noise: SoftNoise, scaled: torch.Tensor, tok: torch.Tensor, i
         return lp_tok
     if not noise.has_density:  # noiseless soft tokens have no density
         return torch.where(is_soft, torch.full_like(lp_tok, float("nan")), lp_tok)
+    lk = scaled.gather(-1, ids)
+    mode = noise.cfg.soft_logprob
+    if mode != "gumbel_density":
+        ell_top = F.log_softmax(lk.float().masked_fill(~support, float("-inf")), dim=-1)[..., 0]
+    if mode == "token":
+        return torch.where(is_soft, ell_top, lp_tok)
     e_ids = None
     if noise.embedding_noise:
         e_ids = embed(ids).detach()
         while sigma is not None and sigma.dim() < tok.dim():
             sigma = sigma.unsqueeze(-1)
-    lk = scaled.gather(-1, ids)
-    mode = getattr(noise.cfg, "soft_logprob", "gumbel_density")
-    if mode != "gumbel_density":
-        ell_top = F.log_softmax(lk.float().masked_fill(~support, float("-inf")), dim=-1)[..., 0]
-    if mode == "token":
-        return torch.where(is_soft, ell_top, lp_tok)
     ell_soft = noise.loglik(lk, y, support, e_ids=e_ids, emb_noise=emb_noise, sigma=sigma)
     if mode == "hybrid":
         mixed = noise.weights(y).amax(-1) < noise.cfg.soft_logprob_threshold

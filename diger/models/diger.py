@@ -100,8 +100,6 @@ class DIGER(SemanticIDRecommender):
         self.tokenizer.decoder.requires_grad_(False)
         self._z_cache = None
         self._z_version = -1
-        if self.backbone == "decoder" and self.decoder_train == "sequence":
-            self._mark_window_ends(dataset)
 
     # ----- optimisation -----------------------------------------------------------------------
     joint_training = True
@@ -187,12 +185,7 @@ class DIGER(SemanticIDRecommender):
         with torch.autocast(device_type=item_seq.device.type, enabled=False):  # code assignment stays fp32 under amp
             z, levels, z_hat = self._tokenize(uniq)
         big_l = self.code_levels
-        if self.use_cached_forward:
-            cached = self.sid_table[uniq, :big_l].clamp_min(0)
-            p = torch.stack([lv.p_soft for lv in levels], 1)  # [U, L, K]
-            a = F.one_hot(cached, self.code_num).to(p.dtype) - p.detach() + p
-        else:
-            a = torch.stack([lv.y_st for lv in levels], 1)
+        a = self._assignment(uniq, levels)
         tok = self._item_tokens(a, uniq)
         detach = detach_uses
         tok_det = self._item_tokens(a.detach(), uniq) if detach else tok
@@ -202,13 +195,7 @@ class DIGER(SemanticIDRecommender):
         enc_emb, enc_mask = self.genrec.encoder_inputs(hist_tok, hist_mask)
         dec = self.genrec.decoder_inputs(take_rows(tok_det if "decoder" in detach else tok, inv_t))
         logits = self.genrec(enc_emb, enc_mask, dec)
-        if "target" in detach or self.target_use == "stop_gradient":
-            a_src = a.detach()
-        elif self.target_use == "weight":  # same values, the target's gradient scaled
-            a_src = a.detach() + self.target_use_weight * (a - a.detach())
-        else:
-            a_src = a
-        a_t = take_rows(a_src, inv_t)
+        a_t = take_rows(self._target_labels(a, detach), inv_t)
         sem = torch.stack([-(a_t[:, l] * F.log_softmax(logits[l].float(), -1)).sum(-1).mean() for l in range(big_l)]).sum()
         suf = F.cross_entropy(logits[big_l], self.sid_table[target, big_l])
         rec = (sem + suf) / (big_l + 1)
@@ -220,30 +207,40 @@ class DIGER(SemanticIDRecommender):
             return rec, self.w_recon * recon, self.w_vq * vq, self.w_balance * self._balance_loss(levels)
         return rec, self.w_recon * recon, self.w_vq * vq
 
+    def _assignment(self, uniq: torch.Tensor, levels) -> torch.Tensor:
+        """``[U, L, K]`` soft assignment of the items ``uniq`` that the recommender consumes: the cached Sinkhorn
+        codes one-hot in the forward pass with the soft assignment's gradient (``use_cached_sinkhorn_forward``),
+        else the straight-through assignment of the mode."""
+        if self.use_cached_forward:
+            cached = self.sid_table[uniq, :self.code_levels].clamp_min(0)
+            p = torch.stack([lv.p_soft for lv in levels], 1)
+            return F.one_hot(cached, self.code_num).to(p.dtype) - p.detach() + p
+        return torch.stack([lv.y_st for lv in levels], 1)
+
+    def _target_labels(self, a: torch.Tensor, detach_uses) -> torch.Tensor:
+        """The assignment as the targets' soft labels: detached (``target_use: stop_gradient`` or a test's
+        ``detach_uses``), its gradient scaled by ``target_use_weight`` (``weight``; same values), or as is."""
+        if "target" in detach_uses or self.target_use == "stop_gradient":
+            return a.detach()
+        if self.target_use == "weight":
+            return a.detach() + self.target_use_weight * (a - a.detach())
+        return a
+
     def _sequence_loss_terms(self, interaction, detach_uses: frozenset):
         """``true_e2e`` with ``backbone: decoder`` and ``decoder_train: sequence``: the window rows' history plus
         target in one causal pass; every item's tokens are its soft-assignment mixtures (the ``history`` /
         ``decoder`` uses: inputs), every item from the second on is a soft-label target (``target`` use), the
         suffix a hard one; reconstruction and VQ losses over the predicted items."""
-        keep = interaction[self.WINDOW_END].bool() if self.WINDOW_END in interaction.interaction else \
-            torch.ones(interaction[self.ITEM_SEQ].shape[0], dtype=torch.bool, device=interaction[self.ITEM_SEQ].device)
-        item_seq, length = interaction[self.ITEM_SEQ][keep], interaction[self.ITEM_SEQ_LEN][keep]
-        if item_seq.shape[0] == 0:  # no window in this batch: zero losses that still have a graph
+        seq = self._window_sequences(interaction)
+        if seq is None:  # no window in this batch: zero losses that still have a graph
             zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return (zero, zero, zero, zero) if self.w_balance > 0 else (zero, zero, zero)
-        seq = torch.cat([item_seq, torch.zeros_like(item_seq[:, :1])], 1)
-        seq.scatter_(1, length[:, None], interaction[self.POS_ITEM_ID][keep][:, None])
         real = seq > 0
         uniq, inv = torch.unique(seq[real], return_inverse=True)
         with torch.autocast(device_type=seq.device.type, enabled=False):
             z, levels, z_hat = self._tokenize(uniq)
         big_l = self.code_levels
-        if self.use_cached_forward:
-            cached = self.sid_table[uniq, :big_l].clamp_min(0)
-            p = torch.stack([lv.p_soft for lv in levels], 1)
-            a = F.one_hot(cached, self.code_num).to(p.dtype) - p.detach() + p
-        else:
-            a = torch.stack([lv.y_st for lv in levels], 1)
+        a = self._assignment(uniq, levels)
         inputs_detached = {"history", "decoder"} <= set(detach_uses)  # both input uses cut: only the target's left
         tok = self._item_tokens(a.detach() if inputs_detached else a, uniq)  # [U, C, d]
         b, t = seq.shape
@@ -254,13 +251,7 @@ class DIGER(SemanticIDRecommender):
         inv_pred = torch.full_like(seq, -1)
         inv_pred[real] = inv
         ip = inv_pred[pred]
-        if "target" in detach_uses or self.target_use == "stop_gradient":
-            a_src = a.detach()
-        elif self.target_use == "weight":
-            a_src = a.detach() + self.target_use_weight * (a - a.detach())
-        else:
-            a_src = a
-        a_t = take_rows(a_src, ip)
+        a_t = take_rows(self._target_labels(a, detach_uses), ip)
         sem = torch.stack([-(a_t[:, l] * F.log_softmax(logits[l][pred].float(), -1)).sum(-1).mean()
                            for l in range(big_l)]).sum()
         suf = F.cross_entropy(logits[big_l][pred], self.sid_table[seq[pred], big_l])

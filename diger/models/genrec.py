@@ -272,16 +272,14 @@ class GenRec(nn.Module):
                 prefix_bias = torch.zeros(dmask.shape, dtype=x0.dtype, device=x0.device).masked_fill(
                     dmask == 0, torch.finfo(x0.dtype).min)[:, None, None, :]  # [B, 1, 1, L0]
             hid = hid[rows0, last].unsqueeze(1)  # [B, 1, d]
-        else:
-            enc0 = self.encode(enc_emb, enc_mask)
-            mask0 = enc_mask
-        if dec_only:
-            pass
+            enc0 = mask0 = None
         elif fast:
+            enc0, mask0 = self.encode(enc_emb, enc_mask), enc_mask
             # Keys/values of the encoder states once per user; every beam attends to them directly.
             cross = self.t5.cross_kv(enc0)
             hid, cache = self.t5.decode_step(self.bos.expand(b, 1, -1), 0, cross, mask0, None)  # [B, 1, d]
         else:
+            enc0, mask0 = self.encode(enc_emb, enc_mask), enc_mask
             if use_cache:
                 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -296,7 +294,7 @@ class GenRec(nn.Module):
         nb_prev = 1
         # hf_t5: per-beam copies of the encoder states and mask, rebuilt only when the beam width changes (in
         # practice once, after the first position): every beam of a user attends to the same encoder states.
-        expanded_width, enc_b, mask_b = 0, (None if dec_only else enc0), (None if dec_only else mask0)
+        expanded_width, enc_b, mask_b = 0, enc0, mask0
         user_ids = torch.arange(b, device=logp.device)
         for j in range(self.num_positions):
             k = self.vocab_sizes[j]

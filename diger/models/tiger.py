@@ -141,6 +141,8 @@ class SemanticIDRecommender(SequentialRecommender):
         self.register_buffer("sid_table", table)
         self._table_version += 1
         self.pretrain_info: Dict = dict(art.meta.get("pretrain_info") or {})
+        if self.backbone == "decoder" and self.decoder_train == "sequence":
+            self._mark_window_ends(dataset)
         self.genrec = GenRec(
             self.vocab_sizes,
             d_model=int(_cfg(config, "d_model")), d_ff=int(_cfg(config, "d_ff")),
@@ -251,7 +253,7 @@ class SemanticIDRecommender(SequentialRecommender):
         """Mean cross-entropy over the ``C`` code positions of the target item (teacher forcing); with
         ``backbone: decoder`` and ``decoder_train: sequence``, over every next item of the row's window
         (:meth:`_sequence_loss`)."""
-        if self.backbone == "decoder" and self.decoder_train == "sequence" and type(self).joint_training is False:
+        if self.backbone == "decoder" and self.decoder_train == "sequence" and not self.joint_training:
             return self._sequence_loss(interaction)
         item_seq = interaction[self.ITEM_SEQ]
         target = self.sid_table[interaction[self.POS_ITEM_ID]]
@@ -275,27 +277,33 @@ class SemanticIDRecommender(SequentialRecommender):
         if inter is None or self.WINDOW_END in inter.interaction or self.ITEM_SEQ not in inter.interaction:
             return
         uid = inter[dataset.uid_field]
-        n = uid.shape[0]
-        new_user = torch.ones(n, dtype=torch.bool)
+        new_user = torch.ones(uid.shape[0], dtype=torch.bool)
         new_user[1:] = uid[1:] != uid[:-1]
-        start = torch.cummax(torch.where(new_user, torch.arange(n), torch.zeros(n, dtype=torch.long)), 0).values
-        rank = torch.arange(n) - start
-        count = torch.bincount(torch.cumsum(new_user.long(), 0) - 1)[torch.cumsum(new_user.long(), 0) - 1]
-        w = int(self.max_seq_length)
-        inter.interaction[self.WINDOW_END] = ((count - 1 - rank) % w == 0)
+        group = new_user.long().cumsum(0) - 1  # rows of one user are contiguous, in time order
+        rank = torch.arange(uid.shape[0]) - new_user.nonzero().flatten()[group]
+        count = torch.bincount(group)[group]
+        inter.interaction[self.WINDOW_END] = (count - 1 - rank) % int(self.max_seq_length) == 0
+
+    def _window_sequences(self, interaction):
+        """``[B', T]`` item ids of the batch's window rows (:meth:`_mark_window_ends`): each row's history with
+        its target appended after the last real item (padding after it); ``None`` when the batch has none. Every
+        row is used when the field is absent."""
+        item_seq = interaction[self.ITEM_SEQ]
+        keep = interaction[self.WINDOW_END].bool() if self.WINDOW_END in interaction.interaction else \
+            torch.ones(item_seq.shape[0], dtype=torch.bool, device=item_seq.device)
+        if not bool(keep.any()):
+            return None
+        seq = torch.cat([item_seq[keep], torch.zeros_like(item_seq[keep][:, :1])], 1)
+        seq.scatter_(1, interaction[self.ITEM_SEQ_LEN][keep][:, None], interaction[self.POS_ITEM_ID][keep][:, None])
+        return seq
 
     def _sequence_loss(self, interaction):
         """Mean code cross-entropy over every next item of the batch's window rows, in one causal pass each:
         the row's history plus its target, items ``1..len`` predicted from the items before them (rows that do
         not end a window carry nothing)."""
-        keep = interaction[self.WINDOW_END].bool() if self.WINDOW_END in interaction.interaction else \
-            torch.ones(interaction[self.ITEM_SEQ].shape[0], dtype=torch.bool)
-        item_seq = interaction[self.ITEM_SEQ][keep]
-        length = interaction[self.ITEM_SEQ_LEN][keep]
-        if item_seq.shape[0] == 0:  # no window in this batch: a zero loss that still has a graph
+        seq = self._window_sequences(interaction)
+        if seq is None:  # no window in this batch: a zero loss that still has a graph
             return sum(p.sum() for p in self.genrec.parameters()) * 0.0
-        seq = torch.cat([item_seq, torch.zeros_like(item_seq[:, :1])], 1)
-        seq.scatter_(1, length[:, None], interaction[self.POS_ITEM_ID][keep][:, None])  # history + target
         codes = self.sid_table[seq]  # [B, T, C]
         logits = self.genrec.sequence_logits(self.genrec.embed_codes(codes), seq > 0)
         target = (seq > 0) & (torch.arange(seq.shape[1], device=seq.device) > 0)  # items 1..len
@@ -328,8 +336,6 @@ class TIGER(SemanticIDRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.tokenizer.requires_grad_(False)
-        if self.backbone == "decoder" and self.decoder_train == "sequence":
-            self._mark_window_ends(dataset)
 
     def refresh_semantic_ids(self):
         """TIGER's semantic IDs are fixed after stage 0 (the tokenizer is frozen): statistics only."""
