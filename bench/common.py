@@ -1,4 +1,5 @@
-"""Helpers shared by the bench scripts: machine/version header, markdown tables, the toy dataset."""
+"""Helpers shared by the bench scripts: machine/version header, markdown tables, paired confidence intervals, the
+toy dataset."""
 from __future__ import annotations
 
 import os
@@ -24,6 +25,24 @@ def header(command: str) -> str:
             f"recbole {rb}\n"
             f"machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
             f"{'cuda ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
+
+
+def paired_ci(diffs: Sequence[float], level: float = 0.95):
+    """Mean of paired differences (one per seed) and its two-sided Student-t confidence interval.
+
+    Returns ``(mean, low, high)``; the bounds are NaN for fewer than 2 pairs.
+    """
+    import math
+    import statistics
+
+    from scipy.stats import t
+
+    n = len(diffs)
+    m = statistics.mean(diffs)
+    if n < 2:
+        return m, float("nan"), float("nan")
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)
+    return m, m - half, m + half
 
 
 def table(rows: List[Dict], cols: Sequence[str]) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, table, toy_dataset  # noqa: E402
+from common import header, paired_ci, table, toy_dataset  # noqa: E402
 from diger.infra import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Pa
     code = ("import json,sys; from diger.quick_start import run; "
             "r=run(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) or None, json.loads(sys.argv[4])); "
             "print('RESULT'+json.dumps({'test': r['test_result'], 'codebook': r.get('codebook', {}).get('final'), "
-            "'seconds': r['wall_clock_seconds']}))")
+            "'seconds': r['wall_clock_seconds'], 'training': r.get('training')}))")
     paths = files + [str(ROOT / "configs" / f) for f in cfg_files]
     if model in SEMANTIC_ID_MODELS:
         paths += list(sid_files)
@@ -140,11 +140,16 @@ def main() -> None:
                          "(refused when it was written under another dataset / protocol / overrides)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time; with more than 1, each run gets 1 torch thread (OMP_NUM_THREADS=1)")
+    ap.add_argument("--baseline", default=None, metavar="ARM",
+                    help="also print each arm's test NDCG@10 / Recall@10 minus this arm's, paired by seed, with 95%% "
+                         "t confidence intervals (an arm of --arms)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders (checkpoints, logs) after success")
     args = ap.parse_args()
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         ap.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    if args.baseline and args.baseline not in args.arms:
+        ap.error(f"--baseline {args.baseline} is not one of --arms {args.arms}")
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
     for f in args.config_files + args.sid_config_files:
@@ -193,7 +198,8 @@ def main() -> None:
             print(f"done {arm} seed {seed}: ndcg@10 {r['test']['ndcg@10']:.4f} ({r['seconds'] / 60:.1f} min)",
                   file=sys.stderr, flush=True)
 
-    todo = [(a, s) for a in args.arms for s in seeds if f"{a}/{s}" not in done]
+    # seed by seed, so that a partly finished grid already holds complete pairs
+    todo = [(a, s) for s in seeds for a in args.arms if f"{a}/{s}" not in done]
     try:
         with ThreadPoolExecutor(args.jobs) as pool:
             for f in [pool.submit(job, a, s) for a, s in todo]:
@@ -219,12 +225,30 @@ def main() -> None:
             if near:  # Sinkhorn-balanced tables use every code; nearest-code usage shows collapse
                 row["L1 nearest-code used"] = f"{statistics.mean(near):.1f}/{k}"
         row["minutes/run"] = f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f}"
+        tr = [r["training"] for r in runs if r.get("training")]
+        if tr:  # how far early stopping let each seed train (best epoch 1-based)
+            row["epochs (best)"] = " ".join(f"{t['epochs_run']}({t['best_epoch'] + 1})" if t["best_epoch"] is not None
+                                            else str(t["epochs_run"]) for t in tr)
         rows.append(row)
     print(header("python bench/quality.py " + " ".join(sys.argv[1:])))
     protocol = "synthetic toy" if args.smoke else " ".join(meta["config_files"])
     extra = f"; overrides {overrides}" if overrides else ""
     print(f"dataset {dataset}; seeds {seeds}; protocol {protocol} (leave-one-out, full ranking){extra}\n")
-    print(table(rows, ["arm", *METRICS, "L1 codes used", "L1 nearest-code used", "minutes/run"]))
+    print(table(rows, ["arm", *METRICS, "L1 codes used", "L1 nearest-code used", "epochs (best)", "minutes/run"]))
+    if args.baseline:
+        print(f"\npaired by seed, minus {args.baseline} ({len(seeds)} seeds; 95% t interval; "
+              "an interval that excludes 0 is a difference shown at that level):\n")
+        drows = []
+        for arm in args.arms:
+            if arm == args.baseline:
+                continue
+            row = {"arm": f"{arm} - {args.baseline}"}
+            for m in ("ndcg@10", "recall@10"):
+                mean, lo, hi = paired_ci([done[f"{arm}/{s}"]["test"][m] - done[f"{args.baseline}/{s}"]["test"][m]
+                                          for s in seeds])
+                row[m] = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            drows.append(row)
+        print(table(drows, ["arm", "ndcg@10", "recall@10"]))
 
 
 if __name__ == "__main__":

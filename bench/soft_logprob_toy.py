@@ -21,7 +21,6 @@ at once; a rerun skips it.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, table  # noqa: E402
+from common import header, paired_ci, table  # noqa: E402
 from quality import load_results  # noqa: E402
 from diger.infra import atomic_write_json  # noqa: E402
 
@@ -40,9 +39,6 @@ METHODS = {
     "softgrpo_hybrid": {"soft_thinking": True, "soft_logprob": "hybrid"},
 }
 PROMPTS = [f"w{5 + i} w{20 + i} w{40 + i}" for i in range(8)]
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
 def last_token_reward(prompts, completions, completion_ids, **kw):
     """1 if the readable id of the last completion position is in 10..19."""
     return [1.0 if ids and 10 <= ids[-1] <= 19 else 0.0 for ids in completion_ids]
@@ -64,16 +60,6 @@ def run_one(method: str, seed: int, steps: int, work: Path) -> dict:
     t0 = time.time()
     rewards = [tr.step()["reward"] for _ in range(steps)]
     return {"rewards": rewards, "last5": sum(rewards[-5:]) / len(rewards[-5:]), "seconds": round(time.time() - t0, 1)}
-
-
-def paired_ci(diffs):
-    """Mean and 95% t confidence interval of paired differences."""
-    n = len(diffs)
-    m = statistics.mean(diffs)
-    if n < 2:
-        return m, float("nan"), float("nan")
-    half = T975.get(n - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(n)
-    return m, m - half, m + half
 
 
 def main() -> None:

@@ -394,6 +394,7 @@ def _execute_run(config, model_class, out_dir: Path, saved: bool, start: float, 
         "wall_clock_seconds": round(time.time() - start, 2),  # a resumed run: up to its last checkpoint + since
         "wall_clock_seconds_this_process": round(time.time() - this_process, 2),
         "checkpoint": trainer.saved_model_file if saved else None,
+        "training": trainer.training_summary(),
         "resumed_from": resume_file,
         "protocol": {
             "split": "leave-one-out by timestamp (RecBole LS valid_and_test, order TO; ties keep file order)",

@@ -71,6 +71,7 @@ class SafeCheckpointTrainer(Trainer):
         super().__init__(config, model)
         self.run_start = None  # time.time() at the run's (virtual) start; set by the runner
         self.elapsed_before = 0.0  # seconds the run had spent before the checkpoint it resumed from
+        self.valid_history: List[Dict] = []  # {"epoch", "valid_score"} per evaluated epoch (kept across resume)
         if not config["single_spec"]:  # file names carry a time stamp that may differ between ranks
             self.saved_model_file = ddist.broadcast_object(self.saved_model_file)
         self.eval_collector = evaluation.RankedListCollector(config)
@@ -188,6 +189,7 @@ class SafeCheckpointTrainer(Trainer):
             "best_valid_result": compat.to_plain(dict(self.best_valid_result or {})),
             "saved_model_file": self.saved_model_file,
             "rng": rng,
+            "valid_history": list(self.valid_history),
             # wall clock of the run so far (seconds), so a resumed run reports the whole run's time
             "elapsed_seconds": time.time() - self.run_start if self.run_start else None,
             **({"rng_by_rank": by_rank} if by_rank else {}),
@@ -219,8 +221,22 @@ class SafeCheckpointTrainer(Trainer):
         set_rng_state(rng)
         train_data.generator.set_state(rng["train_loader"])
         self.elapsed_before = float(ckpt.get("elapsed_seconds") or 0.0)
+        self.valid_history = list(ckpt.get("valid_history") or [])
         self._load_extra_state(ckpt)
         self.logger.info(f"resumed from {path}: continuing at epoch {self.start_epoch}")
+
+    def training_summary(self) -> Dict:
+        """How far training went: ``epochs_run`` (epochs trained up to the last evaluation), ``best_epoch`` (0-based, the one whose
+        checkpoint is tested), ``stopped_early`` (RecBole's patience ``stopping_step``, in evaluations, ran out),
+        ``stopping_step``, ``eval_step`` and ``valid_history`` (``{"epoch", "valid_score"}`` per evaluation)."""
+        hist = self.valid_history
+        # the last of equal maxima, as RecBole's early_stopping (value >= best) keeps it
+        best = max(reversed(hist), key=lambda h: h["valid_score"]) if hist else None
+        return {"epochs_run": (hist[-1]["epoch"] + 1) if hist else 0,
+                "best_epoch": best["epoch"] if best else None,
+                "stopped_early": bool(self.cur_step > self.stopping_step),
+                "stopping_step": int(self.stopping_step), "eval_step": int(self.eval_step),
+                "valid_history": list(hist)}
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.start_epoch > 0 and (self.start_epoch >= self.epochs or self.cur_step > self.stopping_step):
@@ -230,6 +246,7 @@ class SafeCheckpointTrainer(Trainer):
             return self.best_valid_score, self.best_valid_result
 
         def on_evaluated(epoch_idx, valid_score):
+            self.valid_history.append({"epoch": int(epoch_idx), "valid_score": float(valid_score)})
             if saved:
                 self._save_last(epoch_idx, train_data)
             if callback_fn:
