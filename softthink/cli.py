@@ -91,7 +91,7 @@ def cmd_train(a) -> int:
                "reward_first5_mean": sum(h["reward"] for h in hist[:5]) / min(5, len(hist)),
                "reward_last5_mean": sum(h["reward"] for h in hist[-5:]) / min(5, len(hist)),
                "wall_clock_s": round(time.time() - t0, 1), "model_dir": str(out / "model"),
-               "num_processes": trainer.dist.world, "resumed_from": str(last) if last is not None else None}
+               "num_processes": trainer.dist.world, "fsdp": trainer.dist.sharded, "resumed_from": str(last) if last is not None else None}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0

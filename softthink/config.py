@@ -49,6 +49,8 @@ class SoftGRPOConfig:
                           "checkpoint's); losses and densities are computed in float32 whatever it is")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (transformers' "
                                       "gradient_checkpointing_enable, non-reentrant): less memory, more time")
+    fsdp: str = _f("", "'full_shard': shard the transformer blocks over the processes (torch FSDP2); '' = only under "
+                   "accelerate's FSDP config (ACCELERATE_USE_FSDP); 'no' = never")
     attn_implementation: Optional[str] = _f(None, "passed to from_pretrained: 'eager', 'sdpa', 'flash_attention_2' "
                                             "(CUDA only); None = transformers' default")
     output_dir: str = _f("runs/softgrpo", "run directory: metrics.jsonl, config.yaml, the saved model")
@@ -231,6 +233,8 @@ class SoftGRPOConfig:
             raise bad("torch_dtype", "expected 'float32', 'bfloat16', 'float16' or 'auto'")
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
             raise bad("device", "expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.fsdp not in ("", "full_shard", "no"):
+            raise bad("fsdp", "expected 'full_shard', 'no' or '' (FSDP only under accelerate's FSDP config)")
         if self.max_num_gen_batches < 1:
             raise bad("max_num_gen_batches", "must be >= 1")
         if self.eval_steps < 0:

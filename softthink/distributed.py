@@ -21,17 +21,47 @@ produce the same rollouts.
 Launch on CPU-only machines with ``accelerate launch --multi_gpu --num_processes 2 -m softthink train ...``
 (accelerate 1.x runs a single process for ``--cpu --num_processes 2`` unless MPI is configured) or
 ``torchrun --nproc_per_node 2 -m softthink train ...``; the backend is gloo on CPU.
+
+**Sharded training (FSDP).** With ``fsdp: full_shard`` (transformers' ``TrainingArguments.fsdp`` name), or under
+``accelerate launch --config_file`` of a config with ``distributed_type: FSDP`` (``ACCELERATE_USE_FSDP=true``), every
+transformer block (the model's ``_no_split_modules`` classes, or accelerate's ``fsdp_transformer_layer_cls_to_wrap``)
+is sharded over the processes with torch's FSDP2 (``torch.distributed.fsdp.fully_shard``): each process keeps
+``1/num_processes`` of the blocks' weights, gradients and AdamW moments, and a block's full weights exist only while
+it runs. The embeddings, final norm and LM head stay whole on every process (they are read directly to build the
+soft inputs) and their gradients are all-reduced as without FSDP. The rollout (and the reference and old-policy
+log-likelihoods, and validation) runs between :meth:`ProcessLayout.gathered` boundaries: the blocks are gathered
+once per step and freed before the update, so generation does not all-gather every block for every token. Gradients
+are reduce-scattered with the same mean as the all-reduce, so the update equals the unsharded one up to rounding
+(tests/softthink/test_distributed.py). Checkpoints and ``save_model`` gather full, unsharded state dicts (the files
+are the same as without FSDP; resuming needs FSDP again). LoRA adapters (peft) are not supported with FSDP yet.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import contextlib
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from diger import distributed as collectives
 
-__all__ = ["prompt_seed", "ProcessLayout"]
+__all__ = ["prompt_seed", "ProcessLayout", "fsdp_requested"]
+
+
+def fsdp_requested(args) -> bool:
+    """True when the run asks for sharded training: ``args.fsdp`` is ``"full_shard"``, or ``args.fsdp`` is empty and
+    accelerate launched the processes with an FSDP config (``ACCELERATE_USE_FSDP=true``)."""
+    mode = (args.fsdp or "").strip()
+    if mode:
+        return mode == "full_shard"
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _is_dtensor(x) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(x, DTensor)
 
 
 def prompt_seed(seed: int, step: int, index: int) -> int:
@@ -67,6 +97,8 @@ class ProcessLayout:
 
     def __init__(self, args, device: torch.device, *, world: Optional[int] = None, rank: Optional[int] = None):
         self.state = None
+        self.sharded = False  # set by shard(): the transformer blocks are FSDP2-sharded
+        self._mesh = None
         self.world, self.rank = 1, 0
         if world is not None:  # layout only (tests, planning); the collectives need a real process group
             self.world, self.rank = int(world), int(rank or 0)
@@ -128,8 +160,109 @@ class ProcessLayout:
         collectives.broadcast_module_(module, 0)
 
     def average_gradients(self, params: Sequence[torch.Tensor]) -> None:
-        """Average ``.grad`` over processes in place (:func:`diger.distributed.average_gradients`)."""
-        collectives.average_gradients(params)
+        """Average ``.grad`` over processes in place (:func:`diger.distributed.average_gradients`); sharded
+        parameters are left alone (FSDP's reduce-scatter has averaged them already)."""
+        collectives.average_gradients([p for p in params if not _is_dtensor(p)] if self.sharded else params)
+
+    # ----- FSDP -----------------------------------------------------------------------------------------------
+    def shard(self, model: torch.nn.Module, layer_classes: Optional[Sequence[str]] = None) -> int:
+        """Shard ``model``'s transformer blocks over the processes in place (FSDP2 ``fully_shard``, one unit per
+        block); returns the number of blocks. Call after :meth:`broadcast_parameters` and before the optimiser is
+        built (it must see the sharded parameters).
+
+        Args:
+            layer_classes: class names of the blocks; default accelerate's ``FSDP_TRANSFORMER_CLS_TO_WRAP``
+                (comma-separated) if set, else the model's ``_no_split_modules`` (as accelerate's transformer
+                wrap policy).
+        Raises:
+            ValueError: with one process, or when no module of the named classes exists (naming them).
+        """
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if self.world < 2:
+            raise ValueError("FSDP needs several processes (launch with accelerate or torchrun)")
+        if layer_classes is None:
+            env = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").strip()
+            layer_classes = ([c.strip() for c in env.split(",") if c.strip()] if env
+                             else list(getattr(model, "_no_split_modules", None) or []))
+        blocks = [m for m in model.modules() if type(m).__name__ in set(layer_classes)]
+        if not blocks:
+            raise ValueError(f"FSDP: {type(model).__name__} has no module of the classes {list(layer_classes)} to "
+                             "shard; set FSDP_TRANSFORMER_CLS_TO_WRAP (accelerate's fsdp_transformer_layer_cls_to_wrap)")
+        if self._mesh is None:
+            device = self.state.device if self.state is not None else torch.device("cpu")
+            self._mesh = init_device_mesh(device.type, (self.world,))
+        for m in blocks:
+            fully_shard(m, mesh=self._mesh)
+        self.sharded = True
+        return len(blocks)
+
+    @contextlib.contextmanager
+    def gathered(self, *models: Optional[torch.nn.Module]):
+        """Within the block, the sharded blocks of ``models`` hold their full weights (one all-gather each on
+        entry, freed on exit): for generation, no-gradient log-likelihoods and validation. Every process must
+        enter it. A no-op without FSDP."""
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for model in models if model is not None for m in model.modules() if isinstance(m, FSDPModule)]
+        if not self.sharded or not units:
+            yield
+            return
+        for m in units:
+            m.set_reshard_after_forward(False, recurse=False)
+            m.unshard()
+        try:
+            yield
+        finally:
+            for m in units:
+                m.reshard()
+                m.set_reshard_after_forward(True, recurse=False)
+
+    def clip_grad_norm_(self, params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` over the whole model: with FSDP the 2-norm of the sharded gradients
+        is reduced over processes and combined with that of the replicated ones; returns the total norm (before
+        clipping, a 0-dim float tensor)."""
+        if not self.sharded:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grads = [p.grad for p in params if p.grad is not None]
+        sharded = [g for g in grads if _is_dtensor(g)]
+        whole = [g for g in grads if not _is_dtensor(g)]
+        sq = torch.zeros((), dtype=torch.float64)
+        if sharded:
+            sq = sq + torch.nn.utils.get_total_norm(sharded).full_tensor().double().cpu() ** 2
+        if whole:
+            sq = sq + torch.nn.utils.get_total_norm(whole).double().cpu() ** 2
+        total = sq.sqrt().float()
+        coef = min(1.0, float(max_norm) / (float(total) + 1e-6))
+        if coef < 1.0:
+            for g in grads:
+                g.mul_(coef)
+        return total
+
+    def full_state_dicts(self, model: torch.nn.Module, optimizer=None) -> Tuple[Dict, Dict]:
+        """``(model, optimizer)`` state dicts with every weight whole, on the CPU, on the main process (empty dicts
+        on the others); the optimizer's is keyed by parameter name (``torch.distributed.checkpoint``'s format).
+        A collective under FSDP: every process must call it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(model, [optimizer] if optimizer is not None else [], options=opts)
+
+    def load_full_state_dicts(self, model: torch.nn.Module, optimizer, model_sd: Dict, optim_sd: Dict) -> None:
+        """Load the state dicts of :meth:`full_state_dicts` (every process passes the full ones) into the sharded
+        ``model`` and ``optimizer``; each process keeps its shard. A collective under FSDP.
+
+        Raises:
+            RuntimeError: from torch when the weights do not fit the model.
+        """
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                              set_optimizer_state_dict)
+
+        set_model_state_dict(model, model_sd, options=StateDictOptions(full_state_dict=True))
+        # not strict: a parameter that never received a gradient (e.g. a detached input embedding) has no AdamW state
+        set_optimizer_state_dict(model, [optimizer], optim_sd, options=StateDictOptions(full_state_dict=True,
+                                                                                       strict=False))
 
     def barrier(self) -> None:
         """Wait for every process (no-op with one)."""

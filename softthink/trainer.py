@@ -24,7 +24,7 @@ from diger.infra import atomic_dir, atomic_write_text  # noqa: F401 (re-exported
 
 from .checkpoint import FORMAT, LAST, CheckpointError, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from .config import SoftGRPOConfig
-from .distributed import ProcessLayout, prompt_seed
+from .distributed import ProcessLayout, _is_dtensor, fsdp_requested, prompt_seed
 from .noise import make_noise
 from .grpo import group_advantages, loss_normalizer, masked_mean, nanstd, policy_loss
 from .replay import replay_loglik
@@ -214,9 +214,23 @@ class SoftGRPOTrainer:
             else:
                 self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
                 self.ref_model.eval().requires_grad_(False)
+        if fsdp_requested(args):
+            if self.dist.world == 1:
+                warnings.warn("SoftGRPOConfig.fsdp: one process, nothing to shard; training unsharded")
+            elif self.is_peft:
+                raise ValueError("SoftGRPOConfig.fsdp with a LoRA adapter (use_peft / peft_config) is not supported "
+                                 "yet; train the adapter with plain data parallelism (fsdp: no)")
+            else:
+                n = self.dist.shard(model)
+                if self.ref_model is not None:
+                    self.dist.shard(self.ref_model)
+                logger.info("FSDP: %d transformer blocks sharded over %d processes", n, self.dist.world)
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                           weight_decay=args.weight_decay)
+        # sharded (DTensor) and whole parameters in separate groups: AdamW's foreach kernels take one kind at a time
+        groups = ([g for g in ([p for p in params if _is_dtensor(p)], [p for p in params if not _is_dtensor(p)]) if g]
+                  if self.dist.sharded else [params])
+        self.optimizer = torch.optim.AdamW([{"params": g} for g in groups], lr=args.learning_rate,
+                                           betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay)
         warm = max(0, args.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
@@ -306,11 +320,18 @@ class SoftGRPOTrainer:
             m = self.step()
             self.history.append(m)
             step = self.state["global_step"]
+            if args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps):
+                with self.dist.gathered(self.model):  # every process gathers; the main one validates
+                    if main:
+                        m.update(self.validate())
+            if self.dist.sharded and args.save_steps and (step % args.save_steps == 0 or step == args.max_steps):
+                state = self.checkpoint_state()  # FSDP: gathering the state is a collective
+                if main:
+                    atomic_torch_save(state, out / LAST)
             if main:
-                if args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps):
-                    m.update(self.validate())
                 atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
-                if args.save_steps and (step % args.save_steps == 0 or step == args.max_steps):
+                if not self.dist.sharded and args.save_steps and (step % args.save_steps == 0
+                                                                  or step == args.max_steps):
                     self.save_checkpoint()
                 bar.set_postfix(reward=f"{m['reward']:.3f}", len=f"{m['completions/mean_length']:.1f}",
                                 kl=f"{m.get('kl', 0.0):.4f}")
@@ -318,8 +339,8 @@ class SoftGRPOTrainer:
                     keys = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl",
                             "entropy", "soft/frac_soft_steps", "grad_norm", "step_time")
                     bar.write(json.dumps({"step": m["step"], **{k: round(m[k], 4) for k in keys if k in m}}))
-        if args.save_model and main:
-            self.save_model()
+        if args.save_model:
+            self.save_model()  # every process (FSDP gathers the weights); only the main one writes
         self.dist.barrier()
         return self.history
 
@@ -357,7 +378,8 @@ class SoftGRPOTrainer:
                 dataset row and the generation index).
         """
         t0 = time.time()
-        batch = self.generate_and_score()
+        with self.dist.gathered(self.model, self.ref_model):  # FSDP: whole blocks for the rollout, freed after
+            batch = self.generate_and_score()
         acc, grad_norms = self.optimise(batch.micro_batches)
         self.state["global_step"] += 1
         m = self._metrics(batch.rewards_all, batch.per_func_all, self.dist.gather_rows(_row_stats(batch.traj)), acc,
@@ -511,7 +533,7 @@ class SoftGRPOTrainer:
                     for k, vw in self._micro_batch_loss(mbat, normalizer, first_pass=(it == 0)).items():
                         acc.setdefault(k, []).append(vw)
                 self.dist.average_gradients(params)  # DDP's all-reduce: the global mini-batch's mean gradient
-                gn = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                gn = self.dist.clip_grad_norm_(params, args.max_grad_norm)
                 grad_norms.append(float(gn))
                 if not math.isfinite(float(gn)):
                     warnings.warn(f"step {self.state['global_step'] + 1}: non-finite gradient norm {float(gn)}; "
@@ -626,7 +648,10 @@ class SoftGRPOTrainer:
         states (torch, numpy, python, the prompt-order generator; the per-prompt generators are a function of
         ``(seed, step, prompt index)`` and need no state), the remaining prompt order, the metrics history and
         the config."""
-        sd = self.model.state_dict()
+        if self.dist.sharded:  # whole weights and name-keyed optimiser state, gathered on the main process
+            sd, optim = self.dist.full_state_dicts(self.model, self.optimizer)
+        else:
+            sd, optim = self.model.state_dict(), self.optimizer.state_dict()
         if self.is_peft:
             names = self._trainable_names()
             sd = {k: v for k, v in sd.items() if k in names}
@@ -635,7 +660,8 @@ class SoftGRPOTrainer:
             "global_step": int(self.state["global_step"]),
             "state": {k: int(v) for k, v in self.state.items()},
             "model": sd,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim,
+            "optimizer_format": "by_name" if self.dist.sharded else "torch",
             "scheduler": self.scheduler.state_dict(),
             "rng": {**rng_state(), "prompt_order": self._order_gen.get_state()},
             "prompt_order": [int(i) for i in self._order],
@@ -645,11 +671,14 @@ class SoftGRPOTrainer:
 
     def save_checkpoint(self, path: Optional[Union[str, Path]] = None) -> Optional[Path]:
         """Write :meth:`checkpoint_state` atomically to ``path`` (default ``<output_dir>/last.pth``) on the main
-        process; returns the path there and None on the others."""
+        process; returns the path there and None on the others. With FSDP every process must call it."""
+        if not self.dist.sharded and not self.is_main_process:
+            return None
+        state = self.checkpoint_state()  # with FSDP a collective: every process calls save_checkpoint
         if not self.is_main_process:
             return None
         path = Path(path or Path(self.args.output_dir) / LAST)
-        atomic_torch_save(self.checkpoint_state(), path)
+        atomic_torch_save(state, path)
         return path
 
     def load_checkpoint(self, path: Union[str, Path], state: Optional[Dict[str, Any]] = None) -> None:
@@ -665,15 +694,25 @@ class SoftGRPOTrainer:
                 weights do not fit this model.
         """
         ck = state if state is not None else load_checkpoint(path)
-        try:
-            missing, unexpected = self.model.load_state_dict(ck["model"], strict=False)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
-        lost = sorted(set(missing) & self._trainable_names())
-        if unexpected or lost:
-            raise CheckpointError(f"{path}: weights do not fit the model (unexpected {sorted(unexpected)[:3]}, "
-                                  f"missing {lost[:3]})")
-        self.optimizer.load_state_dict(ck["optimizer"])
+        by_name = ck.get("optimizer_format") == "by_name"
+        if by_name != self.dist.sharded:
+            raise CheckpointError(f"{path}: written {'with' if by_name else 'without'} FSDP; resume it "
+                                  f"{'with' if by_name else 'without'} FSDP (SoftGRPOConfig.fsdp)")
+        if self.dist.sharded:
+            try:
+                self.dist.load_full_state_dicts(self.model, self.optimizer, ck["model"], ck["optimizer"])
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise CheckpointError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
+        else:
+            try:
+                missing, unexpected = self.model.load_state_dict(ck["model"], strict=False)
+            except RuntimeError as exc:
+                raise CheckpointError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0]}") from None
+            lost = sorted(set(missing) & self._trainable_names())
+            if unexpected or lost:
+                raise CheckpointError(f"{path}: weights do not fit the model (unexpected {sorted(unexpected)[:3]}, "
+                                      f"missing {lost[:3]})")
+            self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.state.update({k: int(v) for k, v in ck["state"].items()})
         set_rng_state(ck["rng"])
@@ -686,12 +725,16 @@ class SoftGRPOTrainer:
     def save_model(self, path: Optional[Union[str, Path]] = None) -> Path:
         """``save_pretrained`` the policy and tokenizer into ``path`` (default ``<output_dir>/model``), atomically,
         with the run config as ``softthink_config.yaml`` next to the weights. With an adapter only the adapter
-        (``adapter_config.json`` + ``adapter_model.safetensors``) is written; it names its base model."""
+        (``adapter_config.json`` + ``adapter_model.safetensors``) is written; it names its base model. Every process
+        may call it (only the main one writes); with FSDP every process must."""
         import yaml
 
         path = Path(path or Path(self.args.output_dir) / "model")
+        full = self.dist.full_state_dicts(self.model)[0] if self.dist.sharded else None  # FSDP: a collective
+        if not self.is_main_process:
+            return path
         with atomic_dir(path) as tmp:
-            self.model.save_pretrained(str(tmp))
+            self.model.save_pretrained(str(tmp), **({"state_dict": full} if full is not None else {}))
             self.tokenizer.save_pretrained(str(tmp))
             (tmp / "softthink_config.yaml").write_text(yaml.safe_dump(self.args.to_dict(), sort_keys=False))
         return path
