@@ -4,10 +4,14 @@ rates, with the options of ours that issue 17 asks to measure (``lr_id_scale``, 
     python bench/collapse.py --out bench/results/collapse_ml100k.json              # the default grid (hours)
     python bench/collapse.py --modes det_softmax_st frqud --lrs 1e-3 --variants paper stop_target \\
         --epochs 5 --out bench/results/collapse_ml100k.json                          # a part of it (resumes)
+    python bench/collapse.py --backbone decoder --out bench/results/collapse_ml100k_decoder.json
+                                                     # the same grid on the decoder-only backbone (about 6x cheaper)
     python bench/collapse.py --smoke                                                 # tiny synthetic data, seconds
 
 Every run is ``diger run --model DIGER`` on ML-100K with ``configs/ml-100k.yaml`` and ``configs/TIGER.yaml`` (the
-README protocol), ``assign_mode`` = the mode, ``lr_id`` = the rate, ``epochs`` = ``--epochs``, and one variant:
+README protocol), ``assign_mode`` = the mode, ``lr_id`` = the rate, ``epochs`` = ``--epochs``, ``backbone`` =
+``--backbone`` (``fast``, the T5 default; with ``decoder`` early stopping is off, so every run trains all epochs), and
+one variant:
 
 * ``paper``: nothing else (``lr_id_scale: absolute``, ``target_use: full``);
 * ``latent_norm``: ``lr_id_scale: latent_norm`` (lr_id x mean latent norm / 9);
@@ -75,6 +79,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[2020])
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--backbone", default="fast", choices=["fast", "hf_t5", "decoder"],
+                    help="recommender backbone (default fast: the T5 path of the README protocol)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (finished runs are kept and skipped)")
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic data, 2 epochs, 2 modes x 2 variants")
     args = ap.parse_args()
@@ -87,6 +93,9 @@ def main() -> None:
         if args.modes == MODES:
             args.modes = ["det_softmax_st", "frqud"]
     meta = {"dataset": dataset, "epochs": args.epochs, "config_files": [str(f.relative_to(ROOT)) for f in files]}
+    if args.backbone != "fast":  # (the T5 results file predates the option: its protocol stays as it was)
+        base.update(backbone=args.backbone, stopping_step=args.epochs + 1)
+        meta["backbone"] = args.backbone
     done = load_results(args.out, meta) if not args.smoke else {}
     done["_meta"] = meta
     for seed in args.seeds:
@@ -115,7 +124,8 @@ def main() -> None:
                      "SID churn per epoch": " ; ".join(f"{e['changed_frac']:.2f}" for e in r["epochs"]),
                      "test NDCG@10": r["test"]["ndcg@10"], "minutes": round(r["seconds"] / 60, 1)})
     print(header("python bench/collapse.py " + " ".join(sys.argv[1:])))
-    print(f"dataset {dataset}, {args.epochs} epochs, protocol {' '.join(meta['config_files']) or 'toy'}\n")
+    print(f"dataset {dataset}, {args.epochs} epochs, backbone {args.backbone}, "
+          f"protocol {' '.join(meta['config_files']) or 'toy'}\n")
     if rows:
         print(table(rows, list(rows[0])))
 
