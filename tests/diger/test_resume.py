@@ -48,6 +48,9 @@ def test_sigkill_then_resume_matches_uninterrupted(toy_root, model):
     assert resumed["wall_clock_seconds"] >= resumed["wall_clock_seconds_this_process"] + saved["elapsed_seconds"] - 0.01
     assert resumed["test_result"] == full["test_result"]
     assert resumed["best_valid_result"] == full["best_valid_result"]
+    # how far training went survives the kill: the validation history is kept in last.pth
+    assert resumed["training"] == full["training"]
+    assert full["training"]["epochs_run"] == epochs and len(full["training"]["valid_history"]) == epochs
     assert [h["epoch"] for h in resumed["codebook"]["history"]] == [h["epoch"] for h in full["codebook"]["history"]]
     assert resumed["codebook"]["final"]["hash"] == full["codebook"]["final"]["hash"]
 
@@ -85,3 +88,26 @@ def test_resume_refuses_a_last_checkpoint_of_another_run(toy_root):
     resume(str(toy_root / "b"))  # its own last.pth: fine
     with pytest.raises(CheckpointError, match="belongs to another run .* share a checkpoint_dir"):
         resume(str(toy_root / "a"))
+
+
+def test_training_summary_picks_recbole_best_epoch_and_early_stop():
+    """``best_epoch`` is the epoch whose checkpoint RecBole keeps (the last of equal maxima: its early_stopping
+    updates on ``value >= best``); ``stopped_early`` once ``cur_step`` passes ``stopping_step``."""
+    from types import SimpleNamespace
+
+    from recbole.utils import early_stopping
+
+    from diger.trainer import SafeCheckpointTrainer
+
+    scores = [0.10, 0.30, 0.20, 0.30, 0.25, 0.24, 0.23, 0.5]
+    best, cur, stop, kept = -float("inf"), 0, False, None
+    for epoch, v in enumerate(scores):
+        best, cur, stop, update = early_stopping(v, best, cur, max_step=2, bigger=True)
+        kept = epoch if update else kept
+        if stop:
+            break
+    hist = [{"epoch": e, "valid_score": v} for e, v in enumerate(scores[:epoch + 1])]
+    t = SimpleNamespace(valid_history=hist, cur_step=cur, stopping_step=2, eval_step=1)
+    summary = SafeCheckpointTrainer.training_summary(t)
+    assert stop and summary["stopped_early"] and summary["epochs_run"] == 7
+    assert summary["best_epoch"] == kept == 3

@@ -25,6 +25,8 @@ def test_config_errors_name_the_field():
                        gradient_accumulation_steps=1, gumbel_clamp=(3.0, -1.5))
     with pytest.raises(ValueError, match="unknown config key.*'num_gens'"):
         SoftGRPOConfig.from_dict({"num_gens": 4})
+    with pytest.raises(ValueError, match="fsdp='shard_grad_op'.*'full_shard'"):
+        SoftGRPOConfig(fsdp="shard_grad_op")
 
 
 def test_scalar_fields_are_type_checked_and_set_values_are_named(tmp_path):
