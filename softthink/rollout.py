@@ -251,6 +251,8 @@ class SoftRollout:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.think = resolve_think_end(tokenizer, cfg) if cfg.use_thinking else None
         self.noise = make_noise(cfg)
+        # K mixed embeddings, at most the vocabulary (as transformers clamps top_k): a tiny model under a K of 30
+        self.soft_k = min(int(cfg.soft_top_k), int(model.get_input_embeddings().weight.shape[0]))
         # embedding-noise std in absolute units, fixed at construction (recorded in every trajectory)
         self.emb_sigma = (cfg.embed_noise_std * embedding_rms(model)) if self.noise.embedding_noise else 0.0
         if eos_token_ids is None:
@@ -311,7 +313,7 @@ class SoftRollout:
         """This step's candidates from the raw logits ``lg [B, V]``: ``(answer token [B], thinking token [B],
         soft token)``; the soft token (:class:`softthink.noise.NoiseSample` with vocabulary ids) is None in
         discrete mode. Draw order (answer sample, then thinking noise or sample) fixes the random stream."""
-        cfg, K = self.cfg, self.cfg.soft_top_k
+        cfg, K = self.cfg, self.soft_k
         T = cfg.temperature
         # Sparse filtered distributions ([B, top_k] values and ids): sampling cost independent of V.
         v_ans, i_ans = filter_sparse(lg, cfg.after_thinking_temperature, cfg.after_thinking_top_k,
@@ -330,7 +332,7 @@ class SoftRollout:
         cfg, model, think = self.cfg, self.model, self.think
         device = prompt_ids.device
         B = prompt_ids.shape[0]
-        K = cfg.soft_top_k
+        K = self.soft_k
         embed = model.get_input_embeddings()
         eos = torch.tensor(self.eos_token_ids, device=device)
         attn = prompt_mask.long()
