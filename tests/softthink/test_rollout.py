@@ -203,3 +203,18 @@ def test_rollout_and_eval_stop_at_the_chat_templates_end_of_turn():
                          [{"prompt": c, "answer": "7"} for c in chats[:2]], mode="discrete", num_samples=2, ks=[1],
                          progress=False)
     assert res["completions/mean_length"] == 1.0  # was 10 (the length limit)
+
+
+def test_soft_top_k_wider_than_the_vocabulary_mixes_the_whole_vocabulary(tok, model):
+    """``soft_top_k`` above the vocabulary size (the paper's K = 30 on a 64-token model) is clamped to it, as
+    transformers clamps ``top_k``; replay still reproduces the rollout."""
+    V = model.get_input_embeddings().weight.shape[0]
+    cfg = base_config(soft_thinking=True, soft_top_k=V + 10, top_k=V + 10, max_completion_length=8,
+                      max_think_tokens=None)
+    ids, mask = _prompts(tok)
+    roll = SoftRollout(model, tok, cfg)
+    assert roll.soft_k == V
+    traj = roll.generate(ids, mask, generator=torch.Generator().manual_seed(1))
+    assert traj.ids.shape[-1] == V and traj.is_soft.any()
+    ell, _ = replay_loglik(model, ids, mask, traj, cfg)
+    assert (ell - traj.rollout_ell).abs()[traj.resp_mask].max().item() < 1e-5
