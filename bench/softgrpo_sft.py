@@ -36,6 +36,7 @@ import json
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -227,7 +228,7 @@ def main() -> None:
     eval_rows = make_rows(args.eval_problems, seed=10_007)
     train_rows = make_rows(args.train_problems, seed=1, exclude={r["question"] for r in eval_rows})
     tok = make_tokenizer()
-    work = Path(args.out.parent if args.out else ".") / ".softgrpo_sft_runs"
+    work = Path(tempfile.mkdtemp(prefix="bench-softgrpo-sft-"))  # trainer output_dir (nothing is saved there)
 
     def record(key, value):
         done[key] = value
