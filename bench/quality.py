@@ -143,6 +143,10 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, metavar="ARM",
                     help="also print each arm's test NDCG@10 / Recall@10 minus this arm's, paired by seed, with 95%% "
                          "t confidence intervals (an arm of --arms)")
+    ap.add_argument("--reuse", nargs="+", default=[], metavar="FILE",
+                    help="results files of earlier runs: a baseline (non-semantic-ID) arm's run found there is copied "
+                         "instead of re-run when that file's dataset, protocol configs and overrides equal these "
+                         "(--sid_config_files may differ: they never reach the baselines)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders (checkpoints, logs) after success")
     args = ap.parse_args()
     unknown = [a for a in args.arms if a not in ARMS]
@@ -184,6 +188,18 @@ def main() -> None:
             "sid_config_files": [_show(f) for f in sid_files], "overrides": overrides}
     done = {} if args.smoke else load_results(out, meta)
     done["_meta"] = meta
+    for f in args.reuse:
+        other = load_results(Path(f), {**meta, "sid_config_files": json.loads(Path(f).read_text()).get(
+            "_meta", {}).get("sid_config_files")})
+        for arm in args.arms:
+            if ARMS[arm][0] in SEMANTIC_ID_MODELS:
+                continue
+            for seed in seeds:
+                key = f"{arm}/{seed}"
+                if key not in done and key in other:
+                    done[key] = {**other[key], "reused_from": _show(f)}
+    if out and args.reuse:
+        atomic_write_json(out, done)
     env = dict(os.environ)
     if args.jobs > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
