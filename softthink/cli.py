@@ -71,8 +71,8 @@ def cmd_train(a) -> int:
         cfg = load_yaml_config(a.config, over)
     _setup(cfg)
     out = Path(cfg.output_dir)
+    train_ds, eval_ds = make_train_eval_datasets(cfg)  # bad dataset files fail before the model is loaded
     model, tok = load_policy(cfg)
-    train_ds, eval_ds = make_train_eval_datasets(cfg)
     trainer = SoftGRPOTrainer(model, tok, cfg, train_ds, eval_dataset=eval_ds if cfg.eval_steps else None)
     main = trainer.is_main_process
     if last is not None:
@@ -144,8 +144,7 @@ def cmd_eval(a) -> int:
             raise ValueError(f"--k values must be >= 1, got {k}")
     if a.trust_remote_code:
         cfg = dataclasses.replace(cfg, trust_remote_code=True)
-    model, tok = load_policy(cfg, model_path)
-    model.eval()
+    # the problems first: a bad dataset file fails before the model is loaded
     if a.dataset is not None:  # the file (or its split) is the evaluation set, the first --num-problems rows
         eval_ds = load_dataset_file(a.dataset, split=a.split or "train", prompt_column=cfg.prompt_column,
                                     answer_column=cfg.answer_column, max_rows=a.num_problems,
@@ -154,6 +153,8 @@ def cmd_eval(a) -> int:
         _, eval_ds = make_train_eval_datasets(cfg)
     if eval_ds is None:
         raise SystemExit("eval_dataset_size is 0; pass --num-problems N")
+    model, tok = load_policy(cfg, model_path)
+    model.eval()
     res = evaluate_model(model, tok, cfg, eval_ds, mode=a.mode, num_samples=a.num_samples, ks=ks,
                          batch_size=a.batch_size, seed=a.seed, cold_stop_entropy=a.cold_stop_entropy,
                          cold_stop_steps=a.cold_stop_steps)

@@ -156,6 +156,9 @@ class SoftGRPOTrainer:
                                  "be trained; choose 'gumbel', 'dirichlet', 'gaussian' or 'embedding_gaussian'")
             raise ValueError(f"SoftGRPOConfig.noise_scale must be > 0 for SofT-GRPO training with soft_noise="
                              f"{args.soft_noise!r} (the soft-token likelihood is the density of the noise)")
+        if not args.soft_thinking and args.soft_logprob != "gumbel_density":
+            warnings.warn(f"SoftGRPOConfig.soft_logprob={args.soft_logprob!r} has no effect with soft_thinking: false "
+                          "(discrete thinking tokens are scored with their log-prob)", UserWarning, stacklevel=2)
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ValueError("the tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token")

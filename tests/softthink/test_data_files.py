@@ -114,3 +114,26 @@ def test_cli_train_and_eval_on_a_dataset_file(tmp_path):
                  "--dataset", str(data), "--split", "train[:5]", "--output", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["num_problems"] == 5
     assert main(["eval", "--model", str(tmp_path / "run"), "--split", "train"]) == 2  # --split needs --dataset
+
+
+def test_cli_names_a_bad_dataset_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """A dataset file without the prompt column fails in `softthink train` and `softthink eval` before any model is
+    loaded (the model path does not even exist here)."""
+    import yaml
+
+    import softthink.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the dataset was checked")
+
+    monkeypatch.setattr(softthink.models, "load_policy", no_model)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1", "answer": "2"}\n' * 4)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(dict(model_name_or_path=str(tmp_path / "missing"),
+                                                         output_dir=str(tmp_path / "run"))))
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--dataset", str(bad)]) == 2
+    assert "prompt" in capsys.readouterr().err
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "softthink_config.yaml").write_text((tmp_path / "c.yaml").read_text())
+    assert main(["eval", "--model", str(tmp_path / "m"), "--dataset", str(bad)]) == 2
+    assert "prompt" in capsys.readouterr().err

@@ -68,3 +68,10 @@ def test_bad_soft_logprob_values_are_refused():
         base_config(soft_logprob="density")
     with pytest.raises(ValueError, match="soft_logprob_threshold"):
         base_config(soft_logprob_threshold=0.0)
+
+
+def test_soft_logprob_without_soft_thinking_warns():
+    cfg = base_config(soft_thinking=False, soft_logprob="token")
+    with pytest.warns(UserWarning, match="soft_logprob='token' has no effect with soft_thinking: false"):
+        SoftGRPOTrainer(make_model(seed=0), make_tokenizer(), cfg, [{"prompt": p} for p in PROMPTS],
+                        reward_funcs=[frac_low_ids_reward])
