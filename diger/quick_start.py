@@ -279,7 +279,16 @@ def resume(run_dir: str) -> Dict:
 
 
 def _init_logging(config) -> None:
-    """RecBole's logger (console and ``./log/...``) on rank 0; errors to stderr only on the other ranks."""
+    """RecBole's logger (console and ``./log/...``) on rank 0; errors to stderr only on the other ranks.
+
+    Raises:
+        ConfigError: when ``./log`` or ``./log_tensorboard`` in the working directory is a file (RecBole writes
+            folders of those names there), naming the path.
+    """
+    for name in ("log", "log_tensorboard"):
+        if os.path.lexists(name) and not os.path.isdir(name):
+            raise ConfigError(f"{os.path.abspath(name)} is a file, but RecBole writes its logs into the folder "
+                              f"./{name}/ of the working directory; run from another folder or move the file")
     if ddist.is_main():
         init_logger(config)
     else:

@@ -67,6 +67,16 @@ def test_unknown_model_is_a_clear_error(toy_root, capsys):
     assert "unknown model 'NoSuchModel'" in capsys.readouterr().err
 
 
+def test_a_file_named_log_in_the_working_directory_is_a_clear_error(toy_root, capsys):
+    from diger.cli import main
+
+    (toy_root / "log").write_text("my notes")
+    assert main(["run", "--model", "Pop", "--dataset", "toy", f"--data_path={toy_root}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{toy_root / 'log'} is a file" in err and "./log/" in err
+    assert (toy_root / "log").read_text() == "my notes"
+
+
 def test_missing_dataset_is_a_clear_error(toy_root, capsys):
     from diger.cli import main
 
