@@ -57,3 +57,28 @@ def test_soft_logprob_toy_smoke():
     for method in ("grpo", "softgrpo", "softgrpo_token", "softgrpo_hybrid"):
         assert f"| {method} | 2 |" in out
     assert "minus grpo (95% CI)" in out
+
+
+def test_softgrpo_sft_smoke_and_worked_solutions(tmp_path):
+    """bench/softgrpo_sft.py: worked solutions reproduce reasoning-gym's answers, the character tokenizer decodes
+    exactly, and the smoke mode fits, trains, evaluates under the 4 settings and resumes from its JSON."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import softgrpo_sft as b
+
+    rows = b.make_rows(50, seed=3)
+    assert len(rows) == 50 and all(r["solution"].endswith("{" + r["answer"] + "}") for r in rows)
+    assert b.worked_solution("57 + 87 - 70", "74") == "57+87=144 144-70=74</think>\\boxed{74}"
+    tok = b.make_tokenizer()
+    text = rows[0]["prompt"] + rows[0]["solution"]
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    out_json = tmp_path / "r.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "bench/softgrpo_sft.py", "--smoke", "--out", str(out_json)]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for ev in b.EVALS:
+        assert f"evaluation `{ev}`" in first.stdout
+    res = json.loads(out_json.read_text())
+    assert {"base/0", "grpo/0", "softgrpo/0"} <= set(res) and len(res["grpo/0"]["reward"]) == 2
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert again.returncode == 0 and "done " not in again.stderr  # nothing re-run
