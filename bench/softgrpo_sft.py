@@ -18,8 +18,9 @@ each; AdamW, no KL):
 Evaluation on ``--eval-problems`` held-out problems (never trained on, not even by SFT), ``--num-samples`` samples
 each, unbiased pass@k for k = 1, 2, 4, ... under four settings: ``discrete`` (the training sampler: T 1, top-k 5,
 top-p 0.95), ``softgrpo`` (Gumbel soft thinking, tau_g 0.1, top-k 5), and the paper's protocol ``paper_discrete``
-(T 0.6, top-k 30) and ``gumbel_soft`` (tau_g 0.5, top-k 30, T 0.6). The SFT model is evaluated as ``base``. The table
-gives mean pass@k and the paired difference from GRPO with a 95% t interval over seeds.
+(T 0.6, top-k 30) and ``gumbel_soft`` (tau_g 0.5, top-k 30, T 0.6), the latter two for GRPO and the SFT model only.
+The SFT model is evaluated as ``base``. The tables give mean pass@k and the paired difference from GRPO (and GRPO's
+from the SFT model) with a 95% t interval over seeds.
 
     python bench/softgrpo_sft.py --out bench/results/softgrpo_sft.json       # 5 seeds x 5 methods (resumes)
     python bench/softgrpo_sft.py --seeds 0 --methods grpo softgrpo --out x.json
@@ -172,7 +173,11 @@ def rl_config(args, out: Path, seed: int, method: str):
         soft_top_k=5, gumbel_tau=0.1, noise_scale=1.0, system_prompt=None, **METHODS[method])
 
 
-def evaluate(model, tok, cfg, rows, args, seed: int) -> Dict[str, Any]:
+#: the paper's protocol is measured for GRPO and the SFT model only (issue 17); every method gets ours
+PAPER_EVALS = ("paper_discrete", "gumbel_soft")
+
+
+def evaluate(model, tok, cfg, rows, args, seed: int, settings=tuple(EVALS)) -> Dict[str, Any]:
     from datasets import Dataset
 
     from softthink.evaluate import evaluate_model
@@ -181,7 +186,8 @@ def evaluate(model, tok, cfg, rows, args, seed: int) -> Dict[str, Any]:
     n = args.num_samples
     ks = sorted({1, n} | {2 ** i for i in range(1, n.bit_length()) if 2 ** i <= n})
     out = {}
-    for name, (mode, over) in EVALS.items():
+    for name in settings:
+        mode, over = EVALS[name]
         ecfg = dataclasses.replace(cfg, **over)
         r = evaluate_model(model, tok, ecfg, ds, mode=mode, num_samples=n, ks=ks, batch_size=args.eval_batch_size,
                            seed=10_000 + seed, progress=False)
@@ -264,7 +270,9 @@ def main() -> None:
             train_s = time.time() - t0
             record(f"{method}/{seed}", {
                 "reward": [round(h["reward"], 4) for h in hist], "train_seconds": round(train_s, 1),
-                "eval": evaluate(model, tok, cfg, eval_rows, args, seed), "seconds": round(time.time() - t0, 1)})
+                "eval": evaluate(model, tok, cfg, eval_rows, args, seed,
+                                 tuple(EVALS) if method == "grpo" else ("discrete", "softgrpo")),
+                "seconds": round(time.time() - t0, 1)})
 
     seeds = [s for s in args.seeds if all(f"{m}/{s}" in done for m in args.methods) and f"base/{s}" in done]
     print(header("python bench/softgrpo_sft.py " + " ".join(sys.argv[1:])))
@@ -277,17 +285,22 @@ def main() -> None:
     for ev in EVALS:
         rows = []
         for m in ["base", *args.methods]:
+            if ev not in done[f"{m}/{seeds[0]}"]["eval"]:
+                continue
             row = {"method": m}
             for k in ks:
                 vals = [done[f"{m}/{s}"]["eval"][ev][f"pass@{k}"] for s in seeds]
                 row[f"pass@{k}"] = f"{statistics.mean(vals):.3f}"
-                if m != "grpo" and "grpo" in args.methods:
+                if m not in ("grpo", "base") and "grpo" in args.methods:
                     d, lo, hi = paired_ci([v - done[f"grpo/{s}"]["eval"][ev][f"pass@{k}"] for v, s in zip(vals, seeds)])
                     row[f"pass@{k} - GRPO [95% CI]"] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-            if m != "base":
+            if m != "base":  # what RL added to the SFT model
+                d, lo, hi = paired_ci([done[f"{m}/{s}"]["eval"][ev]["pass@1"] - done[f"base/{s}"]["eval"][ev]["pass@1"]
+                                       for s in seeds])
+                row["pass@1 - SFT [95% CI]"] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                 row["train reward (last 10 steps)"] = f"{statistics.mean(statistics.mean(done[f'{m}/{s}']['reward'][-10:]) for s in seeds):.3f}"
             rows.append(row)
-        cols = ["method"] + [c for k in ks for c in (f"pass@{k}", f"pass@{k} - GRPO [95% CI]")]
+        cols = ["method"] + [c for k in ks for c in (f"pass@{k}", f"pass@{k} - GRPO [95% CI]")] + ["pass@1 - SFT [95% CI]"]
         print(f"evaluation `{ev}`:\n")
         print(table(rows, cols + (["train reward (last 10 steps)"] if ev == "discrete" else [])) + "\n")
 
