@@ -27,8 +27,8 @@ from the SFT model) with a 95% t interval over seeds.
     python bench/softgrpo_sft.py --smoke                                      # seconds (tests)
 
 Every finished run (SFT model evaluation or method) is written to ``--out`` at once, atomically; a rerun with the
-same ``--out`` skips it (the SFT model of a seed is re-fitted when a method of that seed is still to run: it is
-deterministic). Threads: 1 (``torch.set_num_threads(1)``) unless ``--threads``.
+same ``--out`` skips it (the SFT model of each seed is kept in ``<out folder>/.softgrpo_sft_cache/`` for the methods
+still to run). Threads: 1 (``torch.set_num_threads(1)``) unless ``--threads``.
 """
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def main() -> None:
         args.sft_steps, args.train_problems, args.eval_problems, args.num_samples = 20, 64, 4, 4
     import torch
 
-    from diger.infra import atomic_write_json
+    from diger.infra import atomic_torch_save, atomic_write_json
     from softthink.trainer import SoftGRPOTrainer
 
     torch.set_num_threads(args.threads)
@@ -252,7 +252,16 @@ def main() -> None:
             continue
         t0 = time.time()
         base = make_model(tok, seed)
-        losses = sft(base, tok, train_rows, steps=args.sft_steps, batch=64, lr=args.sft_lr, seed=seed)
+        cache = (args.out.parent / ".softgrpo_sft_cache" / f"{args.out.stem}-seed{seed}.pt") if args.out else None
+        if cache is not None and cache.is_file():  # the SFT model of an interrupted seed (deterministic anyway)
+            saved = torch.load(cache, weights_only=True)
+            base.load_state_dict(saved["state"])
+            losses = saved["losses"]
+        else:
+            losses = sft(base, tok, train_rows, steps=args.sft_steps, batch=64, lr=args.sft_lr, seed=seed)
+            if cache is not None:
+                cache.parent.mkdir(exist_ok=True)
+                atomic_torch_save({"state": base.state_dict(), "losses": losses}, cache)
         sft_s = time.time() - t0
         state = {k: v.clone() for k, v in base.state_dict().items()}
         if f"base/{seed}" not in done:
