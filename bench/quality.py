@@ -49,6 +49,11 @@ ARMS = {
     "DIGER-FrqUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "frqud"}),
     "DIGER-SDUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "sdud"}),
     "DIGER-SDUD+FrqUD": ("DIGER", ["TIGER.yaml", "DIGER.yaml"], {"assign_mode": "sdud_frqud"}),
+    # our options of issue 17 (off by default in DIGER)
+    "DIGER-FrqUD+stop_target": ("DIGER", ["TIGER.yaml", "DIGER.yaml"],
+                                {"assign_mode": "frqud", "target_use": "stop_gradient"}),
+    "DIGER-FrqUD+latent_norm": ("DIGER", ["TIGER.yaml", "DIGER.yaml"],
+                                {"assign_mode": "frqud", "lr_id_scale": "latent_norm"}),
 }
 METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 
