@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-timeout 600 python bench/gpu_check.py "$@"
+timeout 600 "${PYTHON:-python}" bench/gpu_check.py "$@"  # PYTHON: the interpreter to use (default: python on PATH)

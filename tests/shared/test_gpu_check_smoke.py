@@ -20,5 +20,9 @@ def test_gpu_check_smoke_prints_one_table_of_both_packages():
 def test_gpu_check_skips_without_cuda():
     if torch.cuda.is_available():
         return
-    out = subprocess.run(["bash", "bench/gpu_check.sh"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    import os
+
+    # this interpreter, also when the venv is not on PATH (e.g. `.venv/bin/python -m pytest`)
+    out = subprocess.run(["bash", "bench/gpu_check.sh"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "PYTHON": sys.executable})
     assert out.returncode == 0 and "no CUDA device: the GPU check was skipped" in out.stdout
