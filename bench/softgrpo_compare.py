@@ -13,6 +13,17 @@ Methods (only ``soft_thinking`` / ``soft_noise`` differ between them):
   grpo      discrete GRPO (discrete thinking tokens, same budget / marker / answer cue)
   softgrpo  SofT-GRPO: Gumbel noise on the top-K log-probs, tau_g 0.1
   embed     Gaussian noise on the input embedding (Butt et al. 2025), same mixture ids, scored with its density
+  softgrpo_token, softgrpo_hybrid
+            SofT-GRPO rollouts scored with ``soft_logprob: token`` / ``hybrid`` (ours; not in the default set)
+
+The SmolLM2 repeat of issue 17 (GRPO vs SofT-GRPO with the best ``soft_logprob`` of bench/softgrpo_sft.py):
+
+    python bench/softgrpo_compare.py --methods grpo,softgrpo_token --seeds 0,1,2 --steps 30 --eval-problems 40 \
+        --override generation_batch_size=32 per_device_train_batch_size=32 learning_rate=1e-5 \
+        --out runs/softgrpo_smollm2_repeat --results bench/results/softgrpo_smollm2_repeat.json
+
+``--results`` (default ``<out>/results.json``) refuses a file written under another configuration, so runs of
+different protocols never mix.
 """
 from __future__ import annotations
 
@@ -34,7 +45,12 @@ METHODS = {
     "grpo": {"soft_thinking": False, "discrete_think": True},
     "softgrpo": {"soft_thinking": True, "soft_noise": "gumbel"},
     "embed": {"soft_thinking": True, "soft_noise": "embedding_gaussian"},
+    "softgrpo_token": {"soft_thinking": True, "soft_noise": "gumbel", "soft_logprob": "token"},
+    "softgrpo_hybrid": {"soft_thinking": True, "soft_noise": "gumbel", "soft_logprob": "hybrid"},
 }
+DEFAULT_METHODS = ("grpo", "softgrpo", "embed")
+#: config keys that differ between the runs of one results file by design
+_PER_RUN_KEYS = ("seed", "output_dir")
 MODES = ("discrete", "softgrpo")
 
 
@@ -96,6 +112,21 @@ def _evaluate(model, tok, cfg, eval_ds, args, seed: int) -> Dict[str, Dict[str, 
     return out
 
 
+def _check_protocol(old: Any, new: Dict[str, Any], path: Path) -> None:
+    """Refuse to add runs to a results file written under another configuration.
+
+    Raises:
+        SystemExit: naming the file and the keys that differ (old -> new).
+    """
+    if not old:
+        return
+    diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in _PER_RUN_KEYS and old.get(k) != new.get(k)}
+    if diff:
+        raise SystemExit(f"--results {path} holds runs of another configuration (old -> new: {diff}); "
+                         "pick another --results / --out, or --fresh to discard them")
+
+
 def run(args) -> Dict[str, Any]:
     import torch
 
@@ -108,12 +139,14 @@ def run(args) -> Dict[str, Any]:
         over["max_steps"] = args.steps
     if args.eval_problems is not None:
         over["eval_dataset_size"] = args.eval_problems
+    over.update(args.override)
     base_cfg = load_yaml_config(args.config, over)
     torch.set_num_threads(int(base_cfg.torch_num_threads or 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res_path = out / "results.json"
+    res_path = Path(args.results) if args.results else out / "results.json"
     results: Dict[str, Any] = json.loads(res_path.read_text()) if res_path.is_file() and not args.fresh else {}
+    _check_protocol(results.get("config"), base_cfg.to_dict(), res_path)
     results.setdefault("runs", {})
     results["config"] = base_cfg.to_dict()
     results["args"] = {k: v for k, v in vars(args).items()}
@@ -191,11 +224,14 @@ def make_table(results: Dict[str, Any], ks) -> str:
 
 
 def claim_check(results: Dict[str, Any], ks) -> str:
-    """Paired-by-seed differences (method - grpo) of pass@1 and the largest pass@k, mean ± std over seeds."""
+    """Paired-by-seed differences (method - grpo) of pass@1 and the largest pass@k: mean, 95% t interval
+    (``bench/common.paired_ci``; NaN bounds for one seed) and how many seeds are above GRPO."""
+    from common import paired_ci
+
     runs = results["runs"]
     kmax = max(ks)
     lines = []
-    for method in ("softgrpo", "embed"):
+    for method in [m for m in METHODS if m != "grpo"]:
         seeds = sorted(r["seed"] for r in runs.values() if r["method"] == method and f"grpo/seed{r['seed']}" in runs)
         if not seeds:
             continue
@@ -205,8 +241,9 @@ def claim_check(results: Dict[str, Any], ks) -> str:
                 key = f"pass@{k}"
                 d = [runs[f"{method}/seed{s}"]["eval"][mode][key] - runs[f"grpo/seed{s}"]["eval"][mode][key]
                      for s in seeds]
-                parts.append(f"pass@{k} {_ms(d)} ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)")
-            lines.append(f"{method} - grpo, {mode} inference: " + "; ".join(parts))
+                m, lo, hi = paired_ci(d)
+                parts.append(f"pass@{k} {m:+.3f} [{lo:+.3f}, {hi:+.3f}] ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)")
+            lines.append(f"{method} - grpo, {mode} inference (95% CI): " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -216,7 +253,10 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "softthink_compare.yaml"))
     ap.add_argument("--smoke", action="store_true", help="tiny random model, 1 seed, seconds")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {list(METHODS)}")
+    ap.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="SoftGRPOConfig fields over --config (YAML values), e.g. learning_rate=1e-5")
+    ap.add_argument("--results", default=None, help="results JSON (default <out>/results.json; resumes)")
     ap.add_argument("--steps", type=int, help="override max_steps")
     ap.add_argument("--eval-problems", type=int, help="override eval_dataset_size")
     ap.add_argument("--num-samples", type=int, default=16, help="samples per held-out problem (n)")
@@ -231,6 +271,10 @@ def main(argv=None) -> int:
         if m not in METHODS:
             raise SystemExit(f"--methods: unknown method {m!r}; choose from {list(METHODS)}")
     args.ks = [int(k) for k in args.k.split(",") if k.strip()]
+    from diger.infra import parse_key_values  # the rules of `softthink train --set`
+
+    args.override = parse_key_values(args.override, prefix="", error=SystemExit,
+                                     what="--override expects KEY=VALUE (a SoftGRPOConfig field)")
     if args.smoke:
         args.seeds, args.num_samples, args.ks, args.fresh = args.seeds[:1], 4, [1, 2, 4], True
         if args.out == str(ROOT / "runs" / "softgrpo_compare"):

@@ -82,3 +82,34 @@ def test_softgrpo_sft_smoke_and_worked_solutions(tmp_path):
     assert {"base/0", "grpo/0", "softgrpo/0"} <= set(res) and len(res["grpo/0"]["reward"]) == 2
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert again.returncode == 0 and "done " not in again.stderr  # nothing re-run
+
+
+def test_softgrpo_compare_override_results_and_protocol_check(tmp_path):
+    """--override reaches the config, --results holds the runs, and a rerun under another config is refused."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    res = tmp_path / "r.json"
+    cmd = [sys.executable, "bench/softgrpo_compare.py", "--smoke", "--methods", "grpo,softgrpo_token",
+           "--out", str(tmp_path / "cmp"), "--results", str(res)]
+    out = subprocess.run(cmd + ["--override", "learning_rate=2e-3"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(res.read_text())
+    assert r["config"]["learning_rate"] == 2e-3
+    assert set(r["runs"]) == {"base", "grpo/seed0", "softgrpo_token/seed0"}
+    assert "softgrpo_token - grpo, discrete inference (95% CI): pass@1" in out.stdout
+    # --smoke implies --fresh, so the refusal of another configuration is checked on the function itself
+    import runpy
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        mod = runpy.run_path(str(ROOT / "bench" / "softgrpo_compare.py"), run_name="softgrpo_compare_test")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    import pytest
+
+    with pytest.raises(SystemExit, match="learning_rate"):
+        mod["_check_protocol"](r["config"], {**r["config"], "learning_rate": 1e-5}, res)
+    mod["_check_protocol"](r["config"], {**r["config"], "seed": 3, "output_dir": "elsewhere"}, res)  # per-run keys
+    bad = subprocess.run(cmd + ["--override", "learning_rate"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=600, env=env)
+    assert bad.returncode != 0 and "--override expects KEY=VALUE" in bad.stderr
