@@ -124,3 +124,16 @@ def test_beauty_configs():
     proto = yaml.safe_load((REPO / "configs" / "beauty_protocol.yaml").read_text())
     assert all(cpu[k] == v for k, v in proto.items())
     assert not {"weight_decay", "learning_rate", "epochs", "train_batch_size", "lr_scheduler"} & set(proto)
+
+
+def test_converged_configs_share_the_protocol():
+    """Beauty's converged recipe (for a GPU) trains exactly as the measured ML-100K one does, and reads after
+    beauty_cpu.yaml only keys that the README protocol defines."""
+    import yaml
+
+    from diger.config import known_keys
+
+    ml = yaml.safe_load((REPO / "configs" / "ml-100k_converged.yaml").read_text())
+    beauty = yaml.safe_load((REPO / "configs" / "beauty_converged.yaml").read_text())
+    assert beauty == ml == {"backbone": "decoder", "epochs": 100, "eval_step": 1, "stopping_step": 5}
+    assert set(beauty) <= known_keys()
