@@ -8,6 +8,9 @@
                                                   # a dataset prepared by `diger data prepare`
     python bench/quality.py --jobs 2 --out q.json # two runs at a time (1 torch thread each); q.json keeps
                                                   # finished runs, so a rerun with the same --out resumes
+    python bench/quality.py --arms TIGER --out d.json --against t5.json
+                                                  # paired by seed against the same arm in another results file
+                                                  # (e.g. t5.json written with --override backbone=fast)
 
 Every arm runs through ``diger.quick_start.run`` with the same split (leave-one-out by time), the
 same history length and full-ranking evaluation (``--config_files``, default configs/ml-100k.yaml,
@@ -126,6 +129,27 @@ def load_results(out: Optional[Path], meta: dict) -> dict:
     return done
 
 
+def load_against(path: Path, meta: dict, arms: list, seeds: list) -> dict:
+    """The results file of ``--against``: every ``arm/seed`` asked for, under the same dataset and protocol configs.
+
+    Raises:
+        SystemExit: naming the file when it is unreadable, of another dataset or protocol, or lacks a run.
+    """
+    try:
+        other = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--against {path}: not a readable results file ({exc})")
+    om = other.get("_meta") if isinstance(other, dict) else None
+    if not isinstance(om, dict) or any(om.get(k) != meta[k] for k in ("dataset", "config_files")):
+        raise SystemExit(f"--against {path}: written under dataset / protocol "
+                         f"{(om or {}).get('dataset')!r} {(om or {}).get('config_files')}, these runs under "
+                         f"{meta['dataset']!r} {meta['config_files']}: differences across protocols are not paired")
+    missing = [f"{a}/{s}" for s in seeds for a in arms if f"{a}/{s}" not in other]
+    if missing:
+        raise SystemExit(f"--against {path}: has no run {', '.join(missing)} (pairs need every arm and seed)")
+    return other
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), metavar="ARM",
@@ -152,6 +176,10 @@ def main() -> None:
                     help="results files of earlier runs: a baseline (non-semantic-ID) arm's run found there is copied "
                          "instead of re-run when that file's dataset, protocol configs and overrides equal these "
                          "(--sid_config_files may differ: they never reach the baselines)")
+    ap.add_argument("--against", default=None, metavar="FILE",
+                    help="also print each arm's test NDCG@10 / Recall@10 minus the same arm's in FILE, paired by seed, "
+                         "with 95%% t intervals: FILE is a results file of the same dataset and --config_files written "
+                         "under other --override / --sid_config_files (e.g. another backbone)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders (checkpoints, logs) after success")
     args = ap.parse_args()
     unknown = [a for a in args.arms if a not in ARMS]
@@ -193,6 +221,7 @@ def main() -> None:
             "sid_config_files": [_show(f) for f in sid_files], "overrides": overrides}
     done = {} if args.smoke else load_results(out, meta)
     done["_meta"] = meta
+    against = load_against(Path(args.against), meta, args.arms, seeds) if args.against else None
     for f in args.reuse:
         other = load_results(Path(f), {**meta, "sid_config_files": json.loads(Path(f).read_text()).get(
             "_meta", {}).get("sid_config_files")})
@@ -266,6 +295,19 @@ def main() -> None:
             row = {"arm": f"{arm} - {args.baseline}"}
             for m in ("ndcg@10", "recall@10"):
                 mean, lo, hi = paired_ci([done[f"{arm}/{s}"]["test"][m] - done[f"{args.baseline}/{s}"]["test"][m]
+                                          for s in seeds])
+                row[m] = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            drows.append(row)
+        print(table(drows, ["arm", "ndcg@10", "recall@10"]))
+    if against is not None:
+        om = against["_meta"]
+        print(f"\npaired by seed, these runs minus the same arm's in {_show(args.against)} (its sid configs "
+              f"{om.get('sid_config_files')}, overrides {om.get('overrides')}; {len(seeds)} seeds; 95% t interval):\n")
+        drows = []
+        for arm in args.arms:
+            row = {"arm": f"{arm} - {arm} ({Path(args.against).name})"}
+            for m in ("ndcg@10", "recall@10"):
+                mean, lo, hi = paired_ci([done[f"{arm}/{s}"]["test"][m] - against[f"{arm}/{s}"]["test"][m]
                                           for s in seeds])
                 row[m] = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
             drows.append(row)

@@ -95,3 +95,42 @@ def test_quality_on_a_prepared_dataset(tmp_path):
     err = fails("--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto), "--arms", "Pop",
                 "--seeds", "2020", "--override", "epochs=abc")
     assert "Pop seed 2020 failed: " in err and "'epochs' expects an integer" in err and "stderr.log" in err
+
+
+def test_quality_against_another_results_file(tmp_path):
+    """--against: the same arm of another results file (e.g. another backbone), paired by seed; known answer."""
+    import yaml
+    from diger.testing import small_config, write_dataset
+
+    write_dataset(tmp_path)
+    cfg = {k: v for k, v in small_config(tmp_path).items() if k not in ("data_path", "checkpoint_dir")}
+    proto = tmp_path / "protocol.yaml"
+    proto.write_text(yaml.safe_dump(cfg))
+
+    def results(path, overrides, ndcg, dataset="toy"):
+        runs = {f"Pop/{s}": {"test": {"recall@5": 0.1, "recall@10": 2 * v, "ndcg@5": 0.1, "ndcg@10": v},
+                             "codebook": None, "seconds": 60.0} for s, v in zip((2020, 2021), ndcg)}
+        meta = {"dataset": dataset, "config_files": [str(proto)], "sid_config_files": [], "overrides": overrides}
+        path.write_text(json.dumps({"_meta": meta, **runs}))
+        return str(path)
+
+    mine = results(tmp_path / "d.json", {}, [0.05, 0.07])
+    theirs = results(tmp_path / "t5.json", {"backbone": "fast"}, [0.04, 0.05])
+    args = ["--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto), "--arms", "Pop",
+            "--seeds", "2020", "2021", "--out", mine]
+    out = _run("bench/quality.py", *args, "--against", theirs)  # every run is in the files: nothing trains
+    # NDCG differences 0.01, 0.02: mean 0.015, sd 0.00707, t(0.975, 1) = 12.706 -> half-width 0.0635 (Recall: x2)
+    assert "| Pop - Pop (t5.json) | +0.0150 [-0.0485, +0.0785] | +0.0300 [-0.0971, +0.1571] |" in out
+    assert "overrides {'backbone': 'fast'}" in out
+
+    def fails(*extra):
+        r = subprocess.run([sys.executable, "bench/quality.py", *args, *extra], capture_output=True, text=True,
+                           cwd=ROOT)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        return r.stderr
+
+    assert "has no run Pop/2022" in fails("--seeds", "2020", "2021", "2022", "--against", theirs)
+    other = results(tmp_path / "other.json", {}, [0.04, 0.05], dataset="ml-100k")
+    assert "differences across protocols are not paired" in fails("--against", other)
+    (tmp_path / "bad.json").write_text("[")
+    assert "not a readable results file" in fails("--against", str(tmp_path / "bad.json"))
