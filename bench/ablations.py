@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,7 @@ def main() -> None:
             "test NDCG@10": r["test_result"]["ndcg@10"],
             "test Recall@10": r["test_result"]["recall@10"],
         })
+    shutil.rmtree(work, ignore_errors=True)  # kept only when a run failed (SystemExit above)
     print(header("python bench/ablations.py " + " ".join(sys.argv[1:])))
     print(f"dataset {dataset}, seed {args.seed}, configs/ablations/common.yaml budget\n")
     print(table(rows, list(rows[0])))

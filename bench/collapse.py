@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ def main() -> None:
                         atomic_write_json(args.out, done)
                     print(f"done {key}: nearest used per epoch "
                           f"{[e['nearest_used'] for e in done[key]['epochs']]}", file=sys.stderr, flush=True)
+    shutil.rmtree(work, ignore_errors=True)  # kept only when a run failed
     rows = []
     for key, r in done.items():
         if key == "_meta":

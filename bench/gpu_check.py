@@ -16,6 +16,7 @@ Without CUDA (and without ``--smoke``) it prints that it was skipped and exits 0
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,7 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name(0)}")
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     rows = softthink_rows(device, args.smoke, work) + diger_rows(args.smoke, work)
+    shutil.rmtree(work, ignore_errors=True)
     print(table(rows, ["check", "what", "figure"]))
     if args.out:
         from diger.infra import atomic_write_json

@@ -21,6 +21,7 @@ at once; a rerun skips it.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -84,6 +85,7 @@ def main() -> None:
                 if args.out:
                     atomic_write_json(args.out, done)
                 print(f"done {key}: last-5 reward {done[key]['last5']:.3f}", file=sys.stderr, flush=True)
+    shutil.rmtree(work, ignore_errors=True)
     rows = []
     auc = {k: statistics.mean(v["rewards"]) for k, v in done.items() if k != "_meta"}
     for method in args.methods:

@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -283,6 +284,7 @@ def main() -> None:
                                  tuple(EVALS) if method == "grpo" else ("discrete", "softgrpo")),
                 "seconds": round(time.time() - t0, 1)})
 
+    shutil.rmtree(work, ignore_errors=True)
     seeds = [s for s in args.seeds if all(f"{m}/{s}" in done for m in args.methods) and f"base/{s}" in done]
     print(header("python bench/softgrpo_sft.py " + " ".join(sys.argv[1:])))
     hours = sum(v["seconds"] for k, v in done.items() if k != "_meta") / 3600

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -417,6 +418,7 @@ def main() -> None:
                 results.setdefault(key, []).append(res)
             progress(f"round {rnd + 1}, {g['model']} [{label}]", t0, err)
 
+    shutil.rmtree(work, ignore_errors=True)  # the toy dataset and checkpoints of the children (errors printed below)
     peak = {th: {k: _median([p[k] for p in ps]) for k in ("fp32 GFLOP/s", "bf16 GFLOP/s")} | {
         "fp32 n": ps[0]["fp32 n"], "bf16 n": ps[0]["bf16 n"], "device": ps[0]["device"]} for th, ps in peaks.items()}
     rows = {}

@@ -8,14 +8,19 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args):
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    with tempfile.TemporaryDirectory() as tmp:  # a private TMPDIR: the bench's run folders must be gone after it
+        out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                             env={**os.environ, "TMPDIR": tmp})
+        assert out.returncode == 0, out.stderr[-3000:]
+        left = [p.name for p in Path(tmp).iterdir() if p.name.startswith("bench-")]
+        assert not left, f"{args[0]} left its temporary folders behind: {left}"
     return out.stdout
 
 
@@ -72,7 +77,8 @@ def test_softgrpo_sft_smoke_and_worked_solutions(tmp_path):
     text = rows[0]["prompt"] + rows[0]["solution"]
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     out_json = tmp_path / "r.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path / "tmp"))
     cmd = [sys.executable, "bench/softgrpo_sft.py", "--smoke", "--out", str(out_json)]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -82,6 +88,7 @@ def test_softgrpo_sft_smoke_and_worked_solutions(tmp_path):
     assert {"base/0", "grpo/0", "softgrpo/0"} <= set(res) and len(res["grpo/0"]["reward"]) == 2
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert again.returncode == 0 and "done " not in again.stderr  # nothing re-run
+    assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("bench-")]  # trainer folders removed
 
 
 def test_softgrpo_compare_override_results_and_protocol_check(tmp_path):
