@@ -10,7 +10,9 @@ Grid: every (size, threads, model, amp, backbone); ``--backbones`` applies to TI
 ``backbone``: ``hf_t5`` = the HuggingFace ``T5Model``, ``fast`` = the package's own T5; the pseudo-backbone
 ``before`` = ``hf_t5`` with autograd anomaly mode on, as every training step ran before ``diger.compat`` undid the
 global anomaly mode that importing RecBole's SINE model turns on; ``fast_bits`` = ``fast`` with
-``dropout_impl: bits``, dropout masks from bulk random bits), other models get one row.
+``dropout_impl: bits``, dropout masks from bulk random bits; ``decoder`` = the causal LM over the semantic-ID
+tokens, as deep as the T5's two stacks together, ``decoder:N`` = the same with ``decoder_layers: N``), other
+models get one row.
 ``--amp bf16`` passes ``enable_amp: True`` and runs the bench's training step (loss computation) under
 ``torch.autocast(dtype=torch.bfloat16)``; evaluation runs as the model itself decides. Sizes:
 
@@ -25,8 +27,9 @@ poor, the step cost is the same). Batch ``--batch`` (256) for training and evalu
 Each row is measured in its own subprocess (clean peak-RSS) with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and
 ``torch.set_num_threads`` set to the row's thread count: ``--steps`` training steps after one warm-up step
 (samples/s), then beam-search evaluation of one validation batch (users/s). Then, outside the timing, one
-training forward+backward under ``torch.utils.flop_counter.FlopCounterMode`` gives the model FLOPs per training
-sample (matmul-class operators: mm, addmm, bmm, attention, convolution), so achieved train GFLOP/s =
+training forward+backward of each of the first 5 timed batches under ``torch.utils.flop_counter.FlopCounterMode``
+gives the model FLOPs per training sample (their sum over their samples: a ``decoder`` batch's cost depends on
+how many window rows it holds) (matmul-class operators: mm, addmm, bmm, attention, convolution), so achieved train GFLOP/s =
 FLOPs/sample x samples/s. It is reported as a share of the fp32 and of the bf16 matmul peak, measured in the
 same run per thread count (best of 3 timings of square matmuls, 2048 or smaller when one would take too long)
 in a child process as well. Rows run with the two backbones of one (size, threads, model, amp) back to back;
@@ -66,6 +69,8 @@ REFERENCE_BACKBONE = "hf_t5"
 BEFORE_BACKBONE = "before"
 #: Pseudo-backbone ``fast_bits``: ``fast`` with ``dropout_impl: bits`` (diger.models.fast_t5.bits_dropout).
 BITS_BACKBONE = "fast_bits"
+#: Pseudo-backbone prefix ``decoder:N``: ``decoder`` with ``decoder_layers: N``.
+DECODER_DEPTH = "decoder:"
 #: Short tokenizer pre-training for every size: only the construction time depends on it.
 FAST_TOKENIZER = {"rqvae_epochs": 2}
 SIZES = {
@@ -158,6 +163,11 @@ def measure(model: str, dataset: str, config: dict, steps: int, profile: bool = 
         torch.autograd.set_detect_anomaly(True)
     if backbone == BITS_BACKBONE:
         backbone, config = "fast", dict(config, dropout_impl="bits")
+    if backbone is not None and backbone.startswith(DECODER_DEPTH):
+        depth = backbone[len(DECODER_DEPTH):]
+        if not depth.isdigit() or int(depth) < 1:
+            raise ValueError(f"backbone {backbone!r}: expected decoder:N with N >= 1 layers")
+        backbone, config = "decoder", dict(config, decoder_layers=int(depth))
     if backbone is not None:
         config["backbone"] = backbone
     cfg = make_config(model, dataset, None, config)
@@ -214,15 +224,17 @@ def measure(model: str, dataset: str, config: dict, steps: int, profile: bool = 
     _sync(device)
     ev = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    # FLOPs of one training forward+backward, outside the timing (no optimiser step: it has no matmuls)
+    # FLOPs of training forward+backward, outside the timing (no optimiser step: it has no matmuls)
     net.train()
     counter = FlopCounterMode(display=False)
+    counted = used[:5]
     with counter:
-        loss_of(used[0]).backward()
+        for b in counted:
+            loss_of(b).backward()
     opt.zero_grad(set_to_none=True)
     net.eval()
     out = {"model": model, "train samples/s": n / sum(times), "eval users/s": len(inter) / ev, "peak RSS GiB": rss,
-           "flops/sample": counter.get_total_flops() / len(used[0]), "threads": torch.get_num_threads(),
+           "flops/sample": counter.get_total_flops() / sum(len(b) for b in counted), "threads": torch.get_num_threads(),
            "backbone class": built_cls}
     if profile:
         def train_steps():
@@ -327,7 +339,8 @@ def main() -> None:
     ap.add_argument("--backbones", nargs="+", default=["hf_t5", "fast"],
                     help="values of the config key `backbone` for TIGER/DIGER (hf_t5 = HuggingFace T5Model, fast = ours); "
                          "`before` = hf_t5 with autograd anomaly mode on, the training step before the compat fix; "
-                         "`fast_bits` = fast with dropout_impl bits; `decoder` = the causal LM over SID tokens")
+                         "`fast_bits` = fast with dropout_impl bits; `decoder` = the causal LM over SID tokens; "
+                         "`decoder:N` = decoder with decoder_layers N")
     ap.add_argument("--amp", nargs="+", default=["off"], choices=["off", "bf16"],
                     help="bf16: enable_amp True and the training loss under torch.autocast(bfloat16)")
     ap.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES),
@@ -444,6 +457,10 @@ def main() -> None:
         if bb != "-" and ref and ref["ok"]:
             row["train vs hf_t5"] = row["train samples/s"] / ref["train samples/s"]
             row["eval vs hf_t5"] = row["eval users/s"] / ref["eval users/s"]
+        fast = rows.get((model, "fast", amp, size, th))
+        if bb not in ("-", "fast") and fast and fast["ok"]:  # e.g. decoder vs the T5 at the same amp
+            row["train vs fast"] = row["train samples/s"] / fast["train samples/s"]
+            row["FLOPs fast / this"] = fast["flops/sample"] / row["flops/sample"]
         old = rows.get((model, BEFORE_BACKBONE, "off", size, th))
         if bb != "-" and old and old["ok"]:
             row["train vs before"] = row["train samples/s"] / old["train samples/s"]
@@ -468,8 +485,8 @@ def main() -> None:
           "(construction only; semantic IDs are poor, step cost unchanged)")
     print("threads: OMP_NUM_THREADS, MKL_NUM_THREADS and torch.set_num_threads per child process; amp bf16: "
           "enable_amp True + the bench's training loss under torch.autocast(bfloat16), evaluation as the model decides")
-    print("FLOPs/sample: FlopCounterMode over one training forward+backward (matmul-class ops), / batch size, "
-          "counted once outside the timing; train GFLOP/s = FLOPs/sample x samples/s")
+    print("FLOPs/sample: FlopCounterMode over the training forward+backward of the first 5 timed batches "
+          "(matmul-class ops), / their samples, counted outside the timing; train GFLOP/s = FLOPs/sample x samples/s")
     for n in notes:
         print(n)
     print("\nmatmul peaks (square n x n matmul, best of 3):\n")
@@ -487,6 +504,8 @@ def main() -> None:
         cols += ["train vs before", "eval vs before"]
     if any("train vs SASRec" in r for r in rows.values()):
         cols.append("train vs SASRec")
+    if any("train vs fast" in r for r in rows.values()):  # same amp, size and threads
+        cols += ["train vs fast", "FLOPs fast / this"]
     if args.rounds > 1:
         cols.append("runs ok")
     out_rows = []
@@ -500,7 +519,8 @@ def main() -> None:
                 r[k] = _num(row.get(k))
             r["peak RSS GiB"] = f"{row['peak RSS GiB']:.2f}"
             r["MFLOP/sample"] = _num(row["flops/sample"] / 1e6)
-            for k in ("train vs hf_t5", "eval vs hf_t5", "train vs before", "eval vs before", "train vs SASRec"):
+            for k in ("train vs hf_t5", "eval vs hf_t5", "train vs before", "eval vs before", "train vs SASRec",
+                      "train vs fast", "FLOPs fast / this"):
                 r[k] = f"{row[k]:.2f}" if k in row else ""
         out_rows.append(r)
     print("\n" + table(out_rows, cols))

@@ -7,7 +7,7 @@ per-position tables. The design is ETEGRec's, as in the official DIGER code (``j
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +37,17 @@ class GenRec(nn.Module):
     Args:
         vocab_sizes: codes per position ``[K_1, ..., K_L, suffix_size]``.
         d_model, d_ff, num_heads, d_kv, num_layers, num_decoder_layers, dropout: T5 sizes.
-        backbone: ``fast`` (default) or ``hf_t5`` (:data:`BACKBONES`). The weights are drawn by
+        decoder_layers: ``backbone: decoder`` only: the causal transformer's depth; ``None`` (default) is
+            ``num_layers + num_decoder_layers`` (as deep as the T5's two stacks together).
+        backbone: ``fast`` (default), ``hf_t5`` or ``decoder`` (:data:`BACKBONES`). The weights are drawn by
             ``transformers.T5Model`` in both cases, so one seed gives the same initial model, and the
             state dicts (``t5.*``) are interchangeable.
         dropout_impl: ``torch`` (default; HF's dropout masks) or ``bits`` (``fast`` only:
             :func:`diger.models.fast_t5.bits_dropout`, cheaper masks from another random stream).
 
     Raises:
-        ValueError: an unknown ``backbone`` or ``dropout_impl``, or ``dropout_impl: bits`` with ``hf_t5``.
+        ValueError: an unknown ``backbone`` or ``dropout_impl``, ``dropout_impl: bits`` with ``hf_t5``, or
+            ``decoder_layers`` below 1.
 
     Shapes: history codes ``[B, H, C]`` (``-1`` = padding) -> encoder ``[B, H*C, d_model]``;
     decoder input ``[B, C, d_model]`` (``[BOS, c_1..c_{C-1}]``) -> logits, one ``[B, K_j]`` per position.
@@ -52,7 +55,8 @@ class GenRec(nn.Module):
 
     def __init__(self, vocab_sizes: Sequence[int], *, d_model: int = 128, d_ff: int = 512, num_heads: int = 4,
                  d_kv: int = 32, num_layers: int = 2, num_decoder_layers: int = 2, dropout: float = 0.1,
-                 max_positions: int = 512, backbone: str = "fast", dropout_impl: str = "torch") -> None:
+                 max_positions: int = 512, backbone: str = "fast", dropout_impl: str = "torch",
+                 decoder_layers: Optional[int] = None) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
@@ -64,7 +68,10 @@ class GenRec(nn.Module):
         self.vocab_sizes = [int(v) for v in vocab_sizes]
         self.num_positions = len(self.vocab_sizes)
         if backbone == "decoder":
-            self._init_decoder(d_model, d_ff, num_heads, d_kv, num_layers + num_decoder_layers, dropout, max_positions)
+            layers = num_layers + num_decoder_layers if decoder_layers is None else int(decoder_layers)
+            if layers < 1:
+                raise ValueError(f"decoder_layers must be >= 1, got {decoder_layers!r}")
+            self._init_decoder(d_model, d_ff, num_heads, d_kv, layers, dropout, max_positions)
             return
         cfg = T5Config(vocab_size=1, d_model=d_model, d_ff=d_ff, num_heads=num_heads, d_kv=d_kv,
                        num_layers=num_layers, num_decoder_layers=num_decoder_layers, dropout_rate=dropout,
@@ -93,7 +100,8 @@ class GenRec(nn.Module):
 
     def _init_decoder(self, d_model, d_ff, num_heads, d_kv, layers, dropout, max_positions) -> None:
         """``backbone: decoder``: a causal transformer (transformers' ``LlamaModel``: RMSNorm, rotary positions,
-        SwiGLU feed-forward) over the flattened semantic-ID tokens, as deep as the T5's encoder plus decoder, fed
+        SwiGLU feed-forward) over the flattened semantic-ID tokens, ``layers`` deep (by default as deep as the T5's
+        encoder plus decoder), fed
         ``inputs_embeds``; the same code embeddings, BOS / pad vectors and tied logits as the T5 path."""
         from transformers import LlamaConfig, LlamaModel
 

@@ -60,7 +60,8 @@ class SemanticIDRecommender(SequentialRecommender):
     ``text_model``, ``encoder_layers``, ``e_dim``, ``code_levels``, ``code_num``, ``suffix_size``,
     ``vq_beta``, ``rqvae_*`` (pre-training), ``kmeans_init``, ``sk_epsilon``, ``sk_iters``, T5 sizes
     (``t5_layers``, ``t5_decoder_layers``, ``d_model``, ``d_ff``, ``num_heads``, ``d_kv``,
-    ``dropout``), ``backbone`` (``fast`` | ``hf_t5``, :data:`diger.models.genrec.BACKBONES`), ``dropout_impl`` (``torch`` | ``bits``), ``num_beams``, ``constrained_decoding``, ``topk``.
+    ``dropout``), ``backbone`` (``fast`` | ``hf_t5`` | ``decoder``, :data:`diger.models.genrec.BACKBONES`),
+    ``decoder_train`` and ``decoder_layers`` (``backbone: decoder``), ``dropout_impl`` (``torch`` | ``bits``), ``num_beams``, ``constrained_decoding``, ``topk``.
 
     Raises:
         ValueError: ``num_beams < max(topk)``, ``code_num < 2`` or a bad ``code_levels``.
@@ -106,6 +107,10 @@ class SemanticIDRecommender(SequentialRecommender):
         mode = str(_cfg(config, "decoder_train"))
         if mode not in DECODER_TRAIN:
             raise ValueError(f"decoder_train must be one of {DECODER_TRAIN}, got {mode!r}")
+        depth = _cfg(config, "decoder_layers")
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise ValueError(f"decoder_layers must be an integer >= 1 or ~ (t5_layers + t5_decoder_layers), "
+                             f"got {depth!r}")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -151,6 +156,7 @@ class SemanticIDRecommender(SequentialRecommender):
             num_decoder_layers=int(_cfg(config, "t5_decoder_layers")),
             dropout=float(_cfg(config, "dropout")),
             backbone=self.backbone, dropout_impl=str(_cfg(config, "dropout_impl")),
+            decoder_layers=_cfg(config, "decoder_layers"),
         )
 
     #: Multi-process training (diger.compat, DistributedDataParallel): the SID table, item embeddings and

@@ -36,6 +36,20 @@ def test_speed_rec_smoke():
     assert "cProfile" in out and "torch.profiler" in out
 
 
+def test_speed_rec_smoke_decoder_depths_against_fast():
+    """``decoder`` and ``decoder:N`` rows beside ``fast``, with the speed and FLOP ratios to it."""
+    out = _run("bench/speed_rec.py", "--smoke", "--models", "TIGER", "--backbones", "fast", "decoder", "decoder:1")
+    for backbone in ("fast", "decoder", "decoder:1"):
+        assert f"| TIGER | {backbone} | off | toy | 1 |" in out
+    assert "train vs fast" in out and "FLOPs fast / this" in out and "FAILED" not in out
+    flops = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 8 and cells[0] == "TIGER":
+            flops[cells[1]] = float(cells[8])  # MFLOP/sample
+    assert flops["decoder:1"] < flops["decoder"]  # a shallower causal LM costs fewer FLOPs per sample
+
+
 def test_quality_smoke():
     out = _run("bench/quality.py", "--smoke", "--arms", "Pop", "TIGER")
     assert "| Pop |" in out and "| TIGER |" in out and "ndcg@10" in out

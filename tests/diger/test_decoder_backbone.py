@@ -147,3 +147,15 @@ def test_decoder_sequence_training_of_diger_reaches_every_codebook_level(toy_roo
     assert all(g is None or g.abs().sum() == 0 for g in _codebook_grads(net, batch, detach=set(USES)))
     rec, recon, vq = net.calculate_loss(batch)
     assert all(torch.isfinite(x) for x in (rec, recon, vq))
+
+
+def test_decoder_layers_sets_the_depth_and_bad_values_name_the_key(toy_root):
+    """``decoder_layers`` (default ~): the causal transformer is t5_layers + t5_decoder_layers deep unless set."""
+    cfg, net, train, _ = _build("TIGER", toy_root, backbone="decoder")
+    assert len(net.genrec.lm.layers) == cfg["t5_layers"] + cfg["t5_decoder_layers"]
+    cfg, net, train, _ = _build("TIGER", toy_root, backbone="decoder", decoder_layers=1)
+    assert len(net.genrec.lm.layers) == 1
+    assert torch.isfinite(net.calculate_loss(_batch(train)))
+    for bad in (0, 1.5, "two"):
+        with pytest.raises(ValueError, match="decoder_layers"):
+            _build("TIGER", toy_root, backbone="decoder", decoder_layers=bad)
