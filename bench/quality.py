@@ -204,7 +204,6 @@ def main() -> None:
     if out and not out.parent.is_dir():
         ap.error(f"--out {out}: folder {out.parent} does not exist")
 
-    work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     # absolute: every run works in a folder of its own
     files, base, dataset = [str(Path(f).resolve()) for f in args.config_files], {}, args.dataset
     sid_files = [str(Path(f).resolve()) for f in args.sid_config_files]
@@ -212,16 +211,19 @@ def main() -> None:
         base["data_path"] = str(Path(args.data_path).resolve())
     if args.smoke:
         dataset, files, sid_files, seeds = "toy", [], [], args.seeds[:1]
-        base = toy_dataset(work)
-        base.update({"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,
-                     "embedding_size": 16, "rqvae_epochs": 10})
     else:
         seeds = args.seeds
     meta = {"dataset": dataset, "config_files": [_show(f) for f in files],
             "sid_config_files": [_show(f) for f in sid_files], "overrides": overrides}
+    # the result files are checked before any run folder exists: a refused file leaves nothing behind
     done = {} if args.smoke else load_results(out, meta)
     done["_meta"] = meta
     against = load_against(Path(args.against), meta, args.arms, seeds) if args.against else None
+    work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+    if args.smoke:
+        base = toy_dataset(work)
+        base.update({"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,
+                     "embedding_size": 16, "rqvae_epochs": 10})
     for f in args.reuse:
         other = load_results(Path(f), {**meta, "sid_config_files": json.loads(Path(f).read_text()).get(
             "_meta", {}).get("sid_config_files")})

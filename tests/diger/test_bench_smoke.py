@@ -144,8 +144,10 @@ def test_quality_against_another_results_file(tmp_path):
     assert "overrides {'backbone': 'fast'}" in out
 
     def fails(*extra):
-        r = subprocess.run([sys.executable, "bench/quality.py", *args, *extra], capture_output=True, text=True,
-                           cwd=ROOT)
+        with tempfile.TemporaryDirectory() as tmp:  # a refused file is refused before any run folder exists
+            r = subprocess.run([sys.executable, "bench/quality.py", *args, *extra], capture_output=True, text=True,
+                               cwd=ROOT, env={**os.environ, "TMPDIR": tmp})
+            assert not list(Path(tmp).iterdir())
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
         return r.stderr
 
