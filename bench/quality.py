@@ -129,6 +129,20 @@ def load_results(out: Optional[Path], meta: dict) -> dict:
     return done
 
 
+def paired_table(pairs: list, runs: dict, other: dict, seeds: list) -> str:
+    """Markdown table of paired differences: one row ``(label, arm, other_arm)`` each, the mean over ``seeds`` of
+    ``runs[arm/seed] - other[other_arm/seed]`` test NDCG@10 and Recall@10 with its 95% t interval."""
+    rows = []
+    for label, arm, other_arm in pairs:
+        row = {"arm": label}
+        for m in ("ndcg@10", "recall@10"):
+            mean, lo, hi = paired_ci([runs[f"{arm}/{s}"]["test"][m] - other[f"{other_arm}/{s}"]["test"][m]
+                                      for s in seeds])
+            row[m] = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        rows.append(row)
+    return table(rows, ["arm", "ndcg@10", "recall@10"])
+
+
 def load_against(path: Path, meta: dict, arms: list, seeds: list) -> dict:
     """The results file of ``--against``: every ``arm/seed`` asked for, under the same dataset and protocol configs.
 
@@ -290,30 +304,14 @@ def main() -> None:
     if args.baseline:
         print(f"\npaired by seed, minus {args.baseline} ({len(seeds)} seeds; 95% t interval; "
               "an interval that excludes 0 is a difference shown at that level):\n")
-        drows = []
-        for arm in args.arms:
-            if arm == args.baseline:
-                continue
-            row = {"arm": f"{arm} - {args.baseline}"}
-            for m in ("ndcg@10", "recall@10"):
-                mean, lo, hi = paired_ci([done[f"{arm}/{s}"]["test"][m] - done[f"{args.baseline}/{s}"]["test"][m]
-                                          for s in seeds])
-                row[m] = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-            drows.append(row)
-        print(table(drows, ["arm", "ndcg@10", "recall@10"]))
+        print(paired_table([(f"{arm} - {args.baseline}", arm, args.baseline) for arm in args.arms
+                            if arm != args.baseline], done, done, seeds))
     if against is not None:
         om = against["_meta"]
         print(f"\npaired by seed, these runs minus the same arm's in {_show(args.against)} (its sid configs "
               f"{om.get('sid_config_files')}, overrides {om.get('overrides')}; {len(seeds)} seeds; 95% t interval):\n")
-        drows = []
-        for arm in args.arms:
-            row = {"arm": f"{arm} - {arm} ({Path(args.against).name})"}
-            for m in ("ndcg@10", "recall@10"):
-                mean, lo, hi = paired_ci([done[f"{arm}/{s}"]["test"][m] - against[f"{arm}/{s}"]["test"][m]
-                                          for s in seeds])
-                row[m] = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-            drows.append(row)
-        print(table(drows, ["arm", "ndcg@10", "recall@10"]))
+        print(paired_table([(f"{arm} - {arm} ({Path(args.against).name})", arm, arm) for arm in args.arms],
+                           done, against, seeds))
 
 
 if __name__ == "__main__":

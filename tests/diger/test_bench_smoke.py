@@ -9,17 +9,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.shared.bench_run import run_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args):
-    with tempfile.TemporaryDirectory() as tmp:  # a private TMPDIR: the bench's run folders must be gone after it
-        out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                             env={**os.environ, "TMPDIR": tmp})
-        assert out.returncode == 0, out.stderr[-3000:]
-        left = [p.name for p in Path(tmp).iterdir() if p.name.startswith("bench-")]
-        assert not left, f"{args[0]} left its temporary folders behind: {left}"
-    return out.stdout
+_run = run_bench
 
 
 def test_speed_rec_smoke():

@@ -5,19 +5,16 @@ from pathlib import Path
 
 import torch
 
+from tests.shared.bench_run import run_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_check_smoke_prints_one_table_of_both_packages(tmp_path):
-    import os
-
-    out = subprocess.run([sys.executable, "bench/gpu_check.py", "--smoke"], capture_output=True, text=True, cwd=ROOT,
-                         timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("gpu-check-")]  # its work folder is removed
+def test_gpu_check_smoke_prints_one_table_of_both_packages():
+    out = run_bench("bench/gpu_check.py", "--smoke", prefix="gpu-check-")  # its work folder is removed
     for check in ("softthink train", "softthink eval", "diger TIGER", "diger DIGER"):
-        assert f"| {check} |" in out.stdout
-    assert "completion tokens/s" in out.stdout and "beam-search users/s" in out.stdout
+        assert f"| {check} |" in out
+    assert "completion tokens/s" in out and "beam-search users/s" in out
 
 
 def test_gpu_check_skips_without_cuda():
