@@ -255,6 +255,7 @@ def test_keys_lists_the_model_chain_with_defaults(capsys):
     out = capsys.readouterr().out
     assert "diger/properties/model/TIGER.yaml" in out and "diger/properties/model/DIGER.yaml" in out
     assert out.index("TIGER.yaml") < out.index("DIGER.yaml")  # later files override earlier ones
-    for key in ("sid_seed:", "backbone:", "decoder_train:", "dropout_impl:", "target_use:", "lr_id_scale:"):
+    for key in ("sid_seed:", "backbone:", "decoder_train:", "decoder_layers:", "dropout_impl:", "target_use:",
+                "lr_id_scale:"):
         assert key in out
     assert main(["keys", "--model", "NoSuchModel"]) == 2
