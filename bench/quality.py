@@ -108,6 +108,28 @@ def one_run(arm: str, seed: int, dataset: str, base: dict, files: list, work: Pa
     return json.loads(line[len("RESULT"):])
 
 
+def read_results(path: Path, flag: str) -> dict:
+    """A results file written by this script: a JSON object with a ``_meta`` object and runs ``arm/seed`` whose
+    ``test`` metrics are numbers.
+
+    Raises:
+        SystemExit: naming ``flag``, the file and the first bad entry.
+    """
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{flag} {path}: not a readable results file ({exc})")
+    if not isinstance(done, dict) or not isinstance(done.get("_meta"), dict):
+        raise SystemExit(f"{flag} {path}: not a results file of bench/quality.py (a JSON object with a '_meta' "
+                         "object and runs 'arm/seed')")
+    for key, run in done.items():
+        test = run.get("test") if isinstance(run, dict) else None
+        if key != "_meta" and not (isinstance(test, dict) and
+                                   all(isinstance(test.get(m), (int, float)) for m in ("ndcg@10", "recall@10"))):
+            raise SystemExit(f"{flag} {path}: run {key!r} has no numeric test metrics ndcg@10 / recall@10")
+    return done
+
+
 def load_results(out: Optional[Path], meta: dict) -> dict:
     """Finished runs from ``out`` when it was written under the same protocol (``meta``), else {}.
 
@@ -116,17 +138,28 @@ def load_results(out: Optional[Path], meta: dict) -> dict:
     """
     if out is None or not out.exists():
         return {}
-    try:
-        done = json.loads(out.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"--out {out}: not a readable results file ({exc}); move it aside or pick another path")
-    if not isinstance(done, dict) or done.get("_meta") != meta:
-        old = done.get("_meta") if isinstance(done, dict) else None
-        diff = {k: (old.get(k) if isinstance(old, dict) else None, v) for k, v in meta.items()
-                if not isinstance(old, dict) or old.get(k) != v}
+    done = read_results(out, "--out")
+    if done["_meta"] != meta:
+        old = done["_meta"]
+        diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
         raise SystemExit(f"--out {out} holds runs of another protocol (was -> now: {diff}); "
                          "pick another --out so that results of different protocols never mix")
     return done
+
+
+def load_reuse(path: Path, meta: dict) -> dict:
+    """The runs of a ``--reuse`` file, written under the same dataset, protocol configs and overrides (its
+    semantic-ID configs may differ: only RecBole baselines are copied from it).
+
+    Raises:
+        SystemExit: naming the file when it is unreadable or of another protocol.
+    """
+    other = read_results(path, "--reuse")
+    om = other["_meta"]
+    diff = {k: (om.get(k), v) for k, v in meta.items() if k != "sid_config_files" and om.get(k) != v}
+    if diff:
+        raise SystemExit(f"--reuse {path} holds runs of another protocol (there -> here: {diff})")
+    return other
 
 
 def paired_table(pairs: list, runs: dict, other: dict, seeds: list) -> str:
@@ -149,14 +182,11 @@ def load_against(path: Path, meta: dict, arms: list, seeds: list) -> dict:
     Raises:
         SystemExit: naming the file when it is unreadable, of another dataset or protocol, or lacks a run.
     """
-    try:
-        other = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"--against {path}: not a readable results file ({exc})")
-    om = other.get("_meta") if isinstance(other, dict) else None
-    if not isinstance(om, dict) or any(om.get(k) != meta[k] for k in ("dataset", "config_files")):
+    other = read_results(path, "--against")
+    om = other["_meta"]
+    if any(om.get(k) != meta[k] for k in ("dataset", "config_files")):
         raise SystemExit(f"--against {path}: written under dataset / protocol "
-                         f"{(om or {}).get('dataset')!r} {(om or {}).get('config_files')}, these runs under "
+                         f"{om.get('dataset')!r} {om.get('config_files')}, these runs under "
                          f"{meta['dataset']!r} {meta['config_files']}: differences across protocols are not paired")
     missing = [f"{a}/{s}" for s in seeds for a in arms if f"{a}/{s}" not in other]
     if missing:
@@ -233,14 +263,13 @@ def main() -> None:
     done = {} if args.smoke else load_results(out, meta)
     done["_meta"] = meta
     against = load_against(Path(args.against), meta, args.arms, seeds) if args.against else None
+    reused = [(f, load_reuse(Path(f), meta)) for f in args.reuse]
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     if args.smoke:
         base = toy_dataset(work)
         base.update({"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,
                      "embedding_size": 16, "rqvae_epochs": 10})
-    for f in args.reuse:
-        other = load_results(Path(f), {**meta, "sid_config_files": json.loads(Path(f).read_text()).get(
-            "_meta", {}).get("sid_config_files")})
+    for f, other in reused:
         for arm in args.arms:
             if ARMS[arm][0] in SEMANTIC_ID_MODELS:
                 continue

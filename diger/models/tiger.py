@@ -111,6 +111,9 @@ class SemanticIDRecommender(SequentialRecommender):
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise ValueError(f"decoder_layers must be an integer >= 1 or ~ (t5_layers + t5_decoder_layers), "
                              f"got {depth!r}")
+        if depth is not None and backbone != "decoder":
+            raise ValueError(f"decoder_layers: {depth} needs backbone: decoder, got backbone: {backbone} "
+                             f"(the T5 depths are t5_layers and t5_decoder_layers)")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

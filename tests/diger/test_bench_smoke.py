@@ -43,6 +43,11 @@ def test_speed_rec_smoke_decoder_depths_against_fast():
         if len(cells) > 8 and cells[0] == "TIGER":
             flops[cells[1]] = float(cells[8])  # MFLOP/sample
     assert flops["decoder:1"] < flops["decoder"]  # a shallower causal LM costs fewer FLOPs per sample
+    assert "train vs hf_t5" not in out  # no reference run, no empty ratio columns
+    for bad in ("decoder:0", "decoder:x", "t6"):  # refused before any child process starts
+        r = subprocess.run([sys.executable, "bench/speed_rec.py", "--smoke", "--backbones", "fast", bad],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 2 and "--backbones" in r.stderr and bad in r.stderr and "Traceback" not in r.stderr
 
 
 def test_quality_smoke():
@@ -151,3 +156,12 @@ def test_quality_against_another_results_file(tmp_path):
     assert "differences across protocols are not paired" in fails("--against", other)
     (tmp_path / "bad.json").write_text("[")
     assert "not a readable results file" in fails("--against", str(tmp_path / "bad.json"))
+    (tmp_path / "nometa.json").write_text('{"_meta": 5}')
+    assert "not a results file of bench/quality.py" in fails("--against", str(tmp_path / "nometa.json"))
+    notest = json.loads(Path(theirs).read_text())
+    del notest["Pop/2021"]["test"]
+    (tmp_path / "notest.json").write_text(json.dumps(notest))  # refused before any run, not after all of them
+    assert "run 'Pop/2021' has no numeric test metrics" in fails("--against", str(tmp_path / "notest.json"))
+    for bad in ("bad.json", "missing.json"):  # --reuse is checked like --out and --against
+        assert "--reuse" in fails("--reuse", str(tmp_path / bad))
+    assert "holds runs of another protocol" in fails("--reuse", other)

@@ -159,3 +159,5 @@ def test_decoder_layers_sets_the_depth_and_bad_values_name_the_key(toy_root):
     for bad in (0, 1.5, "two"):
         with pytest.raises(ValueError, match="decoder_layers"):
             _build("TIGER", toy_root, backbone="decoder", decoder_layers=bad)
+    with pytest.raises(ValueError, match="decoder_layers: 2 needs backbone: decoder, got backbone: fast"):
+        _build("TIGER", toy_root, backbone="fast", decoder_layers=2)  # not silently ignored
