@@ -98,8 +98,12 @@ def test_quality_on_a_prepared_dataset(tmp_path):
     assert json.loads(q.read_text())["_meta"] == {"dataset": "toy", "config_files": [str(proto)],
                                                  "sid_config_files": [], "overrides": {"epochs": 1}}
 
+    tmp = tmp_path / "tmp"  # TMPDIR of the calls below: a failed run's folder is kept, here, not in /tmp
+    tmp.mkdir()
+
     def fails(*args):
-        r = subprocess.run([sys.executable, "bench/quality.py", *args], capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run([sys.executable, "bench/quality.py", *args], capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, "TMPDIR": str(tmp)})
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
         return r.stderr
 
@@ -115,6 +119,9 @@ def test_quality_on_a_prepared_dataset(tmp_path):
     err = fails("--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto), "--arms", "Pop",
                 "--seeds", "2020", "--override", "epochs=abc")
     assert "Pop seed 2020 failed: " in err and "'epochs' expects an integer" in err and "stderr.log" in err
+    kept = list(tmp.glob("bench-quality-*/Pop-2020/stderr.log"))  # the only folder any of these calls kept
+    assert len(kept) == 1 and len(list(tmp.glob("bench-quality-*"))) == 1
+    assert "'epochs' expects an integer" in kept[0].read_text()
 
 
 def test_quality_against_another_results_file(tmp_path):
