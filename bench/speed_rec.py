@@ -28,9 +28,9 @@ Each row is measured in its own subprocess (clean peak-RSS) with ``OMP_NUM_THREA
 ``torch.set_num_threads`` set to the row's thread count: ``--steps`` training steps after one warm-up step
 (samples/s), then beam-search evaluation of one validation batch (users/s). Then, outside the timing, one
 training forward+backward of each of the first 5 timed batches under ``torch.utils.flop_counter.FlopCounterMode``
-gives the model FLOPs per training sample (their sum over their samples: a ``decoder`` batch's cost depends on
-how many window rows it holds) (matmul-class operators: mm, addmm, bmm, attention, convolution), so achieved train GFLOP/s =
-FLOPs/sample x samples/s. It is reported as a share of the fp32 and of the bf16 matmul peak, measured in the
+(matmul-class operators: mm, addmm, bmm, attention, convolution) gives the model FLOPs per training sample, their
+sum over their samples (a ``decoder`` batch's cost depends on how many window rows it holds), so achieved train
+GFLOP/s = FLOPs/sample x samples/s. It is reported as a share of the fp32 and of the bf16 matmul peak, measured in the
 same run per thread count (best of 3 timings of square matmuls, 2048 or smaller when one would take too long)
 in a child process as well. Rows run with the two backbones of one (size, threads, model, amp) back to back;
 ``--rounds N`` repeats the whole grid (peaks included) and reports per-row medians. Every run checks which T5
@@ -375,7 +375,9 @@ def main() -> None:
         return
     if args.rounds < 1 or args.steps < 1 or any(t < 1 for t in (args.threads or [1])):
         ap.error("--rounds, --steps and --threads must be >= 1")
-    known = ("hf_t5", "fast", "decoder", BEFORE_BACKBONE, BITS_BACKBONE)
+    from diger.models.genrec import BACKBONES
+
+    known = (*BACKBONES, BEFORE_BACKBONE, BITS_BACKBONE)
     for bb in args.backbones:  # refused here, not after every child process has started
         try:
             if bb.startswith(DECODER_DEPTH):

@@ -14,12 +14,9 @@ from tests.shared.bench_run import run_bench
 ROOT = Path(__file__).resolve().parents[2]
 
 
-_run = run_bench
-
-
 def test_speed_rec_smoke():
-    out = _run("bench/speed_rec.py", "--smoke", "--models", "DIGER", "--backbones", "hf_t5", "fast",
-               "--profile", "--top", "5")
+    out = run_bench("bench/speed_rec.py", "--smoke", "--models", "DIGER", "--backbones", "hf_t5", "fast",
+                    "--profile", "--top", "5")
     for backbone in ("hf_t5", "fast"):  # both backbones side by side, with the ratio to the reference
         assert f"| DIGER | {backbone} | off | toy | 1 |" in out
     assert "train samples/s" in out and "MFLOP/sample" in out and "% fp32 peak" in out and "% bf16 peak" in out
@@ -33,7 +30,7 @@ def test_speed_rec_smoke():
 
 def test_speed_rec_smoke_decoder_depths_against_fast():
     """``decoder`` and ``decoder:N`` rows beside ``fast``, with the speed and FLOP ratios to it."""
-    out = _run("bench/speed_rec.py", "--smoke", "--models", "TIGER", "--backbones", "fast", "decoder", "decoder:1")
+    out = run_bench("bench/speed_rec.py", "--smoke", "--models", "TIGER", "--backbones", "fast", "decoder", "decoder:1")
     for backbone in ("fast", "decoder", "decoder:1"):
         assert f"| TIGER | {backbone} | off | toy | 1 |" in out
     assert "train vs fast" in out and "FLOPs fast / this" in out and "FAILED" not in out
@@ -51,18 +48,18 @@ def test_speed_rec_smoke_decoder_depths_against_fast():
 
 
 def test_quality_smoke():
-    out = _run("bench/quality.py", "--smoke", "--arms", "Pop", "TIGER")
+    out = run_bench("bench/quality.py", "--smoke", "--arms", "Pop", "TIGER")
     assert "| Pop |" in out and "| TIGER |" in out and "ndcg@10" in out
 
 
 def test_ablations_smoke():
-    out = _run("bench/ablations.py", "--smoke", "--arms", "ste", "sdud")
+    out = run_bench("bench/ablations.py", "--smoke", "--arms", "ste", "sdud")
     assert "| ste |" in out and "| sdud |" in out and "test NDCG@10" in out
 
 
 def test_collapse_smoke(tmp_path):
     out_file = tmp_path / "collapse.json"
-    out = _run("bench/collapse.py", "--smoke", "--modes", "frqud", "--out", str(out_file))
+    out = run_bench("bench/collapse.py", "--smoke", "--modes", "frqud", "--out", str(out_file))
     assert "| frqud | 0.001 | paper | 2020 |" in out and "| frqud | 0.001 | stop_target | 2020 |" in out
     assert "nearest used per epoch" in out and "SID churn per epoch" in out
     runs = json.loads(out_file.read_text())
@@ -72,7 +69,7 @@ def test_collapse_smoke(tmp_path):
 
 def test_eval_memory_smoke():
     """Chunked full-sort evaluation (eval_score_chunk_mb): per-arm peak RSS table, identical metrics in every arm."""
-    out = _run("bench/eval_memory.py", "--smoke")
+    out = run_bench("bench/eval_memory.py", "--smoke")
     assert "| baseline (load + build, no eval) |" in out and "| unchunked (1e9 MB, old behaviour) |" in out
     assert "| default (256 MB) |" in out and "| 1 MB | 1 | 52 |" in out  # 52 users x 5,001 items x 4 B <= 1 MB
     assert "catalogue 5000 items (item_num 5001 with [PAD])" in out and "peak RSS GiB" in out
@@ -88,12 +85,12 @@ def test_quality_on_a_prepared_dataset(tmp_path):
     cfg = {k: v for k, v in small_config(tmp_path).items() if k not in ("data_path", "checkpoint_dir")}
     proto = tmp_path / "protocol.yaml"
     proto.write_text(yaml.safe_dump(cfg))
-    out = _run("bench/quality.py", "--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto),
-               "--arms", "Pop", "--seeds", "2020")
+    out = run_bench("bench/quality.py", "--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto),
+                    "--arms", "Pop", "--seeds", "2020")
     assert "| Pop |" in out and f"protocol {proto}" in out
     q = tmp_path / "q.json"
-    out = _run("bench/quality.py", "--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto),
-               "--arms", "Pop", "--seeds", "2020", "--out", str(q), "--override", "epochs=1")
+    out = run_bench("bench/quality.py", "--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto),
+                    "--arms", "Pop", "--seeds", "2020", "--out", str(q), "--override", "epochs=1")
     assert "overrides {'epochs': 1}" in out
     assert json.loads(q.read_text())["_meta"] == {"dataset": "toy", "config_files": [str(proto)],
                                                  "sid_config_files": [], "overrides": {"epochs": 1}}
@@ -145,7 +142,7 @@ def test_quality_against_another_results_file(tmp_path):
     theirs = results(tmp_path / "t5.json", {"backbone": "fast"}, [0.04, 0.05])
     args = ["--dataset", "toy", "--data_path", str(tmp_path), "--config_files", str(proto), "--arms", "Pop",
             "--seeds", "2020", "2021", "--out", mine]
-    out = _run("bench/quality.py", *args, "--against", theirs)  # every run is in the files: nothing trains
+    out = run_bench("bench/quality.py", *args, "--against", theirs)  # every run is in the files: nothing trains
     # NDCG differences 0.01, 0.02: mean 0.015, sd 0.00707, t(0.975, 1) = 12.706 -> half-width 0.0635 (Recall: x2)
     assert "| Pop - Pop (t5.json) | +0.0150 [-0.0485, +0.0785] | +0.0300 [-0.0971, +0.1571] |" in out
     assert "overrides {'backbone': 'fast'}" in out

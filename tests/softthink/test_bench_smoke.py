@@ -15,11 +15,8 @@ from tests.shared.bench_run import run_bench
 ROOT = Path(__file__).resolve().parents[2]
 
 
-_run = run_bench
-
-
 def test_speed_soft_smoke():
-    out = _run("bench/speed_soft.py", "--smoke")
+    out = run_bench("bench/speed_soft.py", "--smoke")
     assert "ours, soft" in out and "HF generate" in out
     assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out
     if importlib.util.find_spec("trl") is not None:
@@ -31,7 +28,7 @@ def test_speed_soft_grpo_table_without_trl():
     code = ("import runpy, sys; sys.modules['trl'] = None; "
             "sys.argv = ['bench/speed_soft.py', '--smoke', '--only', 'grpo']; "
             "runpy.run_path('bench/speed_soft.py', run_name='__main__')")
-    out = _run("-c", code)
+    out = run_bench("-c", code)
     assert "TRL: not installed" in out and "GRPOTrainer |" not in out
     assert "| ours, discrete GRPO |" in out and "| ours, SofT-GRPO (Gumbel top-5) |" in out
 
@@ -52,7 +49,7 @@ def test_softgrpo_compare_smoke(tmp_path):
 
 
 def test_soft_logprob_toy_smoke():
-    out = _run("bench/soft_logprob_toy.py", "--smoke")
+    out = run_bench("bench/soft_logprob_toy.py", "--smoke")
     for method in ("grpo", "softgrpo", "softgrpo_token", "softgrpo_hybrid"):
         assert f"| {method} | 2 |" in out
     assert "minus grpo (95% CI)" in out
